@@ -1,0 +1,63 @@
+"""The audit log: JSON lines through concurrent-log-handler, rotating by size, safe when several
+orgrunner processes write at once. One line per run start and end, and per planned and applied
+change with its outcome. Nothing secret is ever written; a scrubber guards that in depth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+
+from orgrunner.errors import InputError
+
+# Access key ids, and long base64 runs such as secrets and session tokens.
+_SECRET = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b|[A-Za-z0-9/+=]{80,}")
+
+
+def scrub(text: str) -> str:
+    return _SECRET.sub("[redacted]", text)
+
+
+def default_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "orgrunner" / "audit.jsonl"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class AuditLog:
+    def __init__(self, path: Path, run_id: str, max_bytes: int = 20 * 1024 * 1024, backups: int = 10) -> None:
+        self.path = path
+        self.run_id = run_id
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handler = ConcurrentRotatingFileHandler(
+                str(path), mode="a", maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"audit log {path}: {exc.strerror or exc}") from None
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger = logging.getLogger(f"orgrunner.audit.{run_id}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self._handler)
+        self._lock = threading.Lock()
+
+    def event(self, event: str, **fields: Any) -> None:
+        record = {"ts": now(), "run_id": self.run_id, "event": event, **fields}
+        line = scrub(json.dumps(record, default=str, sort_keys=False))
+        with self._lock:
+            self._logger.info(line)
+
+    def close(self) -> None:
+        self._logger.removeHandler(self._handler)
+        self._handler.close()

@@ -1,0 +1,175 @@
+"""The one place that creates AWS clients, pages through list calls and retries.
+
+Every botocore session orgrunner makes shares one data loader, so service models are parsed
+once per process however many accounts and regions are covered. Retries are layered: botocore's
+standard retry mode (which knows throttling codes such as Organizations'
+`TooManyRequestsException`) inside, jittered exponential backoff with tenacity outside.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import botocore.credentials
+import botocore.loaders
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+USER_AGENT = "orgrunner/0.1"
+HOME_REGION = "us-east-1"  # Organizations, IAM and other global APIs answer here
+RETRYABLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "RequestThrottled",
+    "EC2ThrottledException", "ServiceUnavailable", "InternalError", "InternalFailure",
+})
+TRANSIENT_ERRORS = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
+
+_loader_lock = threading.Lock()
+_shared_loader: botocore.loaders.Loader | None = None
+
+
+def shared_loader() -> botocore.loaders.Loader:
+    """The process-wide data loader: service models are read and parsed once."""
+    global _shared_loader
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = botocore.loaders.create_loader()
+        return _shared_loader
+
+
+def client_config(max_pool_connections: int = 10, max_attempts: int = 5) -> Config:
+    return Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=max_pool_connections,
+        connect_timeout=10,
+        read_timeout=30,
+        user_agent_extra=USER_AGENT,
+    )
+
+
+class _CredentialedSession(botocore.session.Session):
+    """A botocore session whose credentials are handed in (static or refreshable)."""
+
+    def __init__(self, credentials: botocore.credentials.Credentials) -> None:
+        super().__init__()
+        self._given_credentials = credentials
+
+    def get_credentials(self) -> botocore.credentials.Credentials:
+        return self._given_credentials
+
+
+class Session:
+    """Creates clients for one set of credentials; safe to share between threads."""
+
+    def __init__(self, botocore_session: botocore.session.Session, config: Config | None = None) -> None:
+        self._session = botocore_session
+        self._session.register_component("data_loader", shared_loader())
+        _install_emulator_hooks(self._session)
+        self._config = config or client_config()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_credentials(cls, credentials: botocore.credentials.Credentials,
+                         config: Config | None = None) -> Session:
+        return cls(_CredentialedSession(credentials), config)
+
+    @classmethod
+    def from_profile(cls, profile: str | None, config: Config | None = None) -> Session:
+        return cls(botocore.session.Session(profile=profile), config)
+
+    @property
+    def botocore_session(self) -> botocore.session.Session:
+        return self._session
+
+    def credentials(self) -> botocore.credentials.Credentials | None:
+        creds: botocore.credentials.Credentials | None = self._session.get_credentials()
+        return creds
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        # botocore sessions are not thread-safe while they build their components.
+        with self._lock:
+            return self._session.create_client(service, region_name=region or HOME_REGION, config=self._config)
+
+
+_known_regions: frozenset[str] | None = None
+
+
+def known_regions() -> frozenset[str]:
+    """Every region botocore knows in any partition (opt-in regions included)."""
+    global _known_regions
+    if _known_regions is None:
+        session = botocore.session.Session()
+        session.register_component("data_loader", shared_loader())
+        _known_regions = frozenset(
+            region for partition in session.get_available_partitions()
+            for region in session.get_available_regions("ec2", partition)
+        )
+    return _known_regions
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return error_code(exc) in RETRYABLE_CODES or isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _retrying(attempts: int) -> Retrying:
+    return Retrying(
+        retry=retry_if_exception(is_retryable),
+        wait=wait_random_exponential(multiplier=0.5, max=20),
+        stop=stop_after_attempt(attempts),
+        reraise=True,
+    )
+
+
+RETRY_ATTEMPTS = int(os.environ.get("ORGRUNNER_RETRY_ATTEMPTS", "4"))
+
+
+def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
+    """Call one API operation, retrying throttling and transient errors with jittered backoff."""
+    method: Callable[..., dict[str, Any]] = getattr(client, operation)
+    return _retrying(RETRY_ATTEMPTS)(method, **params)
+
+
+def paginate(client: Any, operation: str, key: str, **params: Any) -> list[Any]:
+    """Every item of a paginated list call. Follows NextToken through empty pages; a throttled
+    page restarts the listing from its first page after a backoff."""
+
+    def collect() -> list[Any]:
+        items: list[Any] = []
+        for page in client.get_paginator(operation).paginate(**params):
+            items.extend(page.get(key, []))
+        return items
+
+    return _retrying(RETRY_ATTEMPTS)(collect)
+
+
+_ACCOUNT_HOST = re.compile(r"^(https?://)\d{12}\.")
+
+
+def _strip_account_from_host(**kwargs: Any) -> None:
+    request = kwargs["request"]
+    request.url = _ACCOUNT_HOST.sub(r"\1", request.url)
+
+
+def _install_emulator_hooks(session: botocore.session.Session) -> None:
+    """Against a custom endpoint (the emulator), S3 Control's account-id host prefix cannot be
+    resolved; strip it so requests reach the endpoint. Never active against real AWS."""
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        session.register("before-sign.s3-control.*", _strip_account_from_host)

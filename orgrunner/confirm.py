@@ -1,0 +1,92 @@
+"""The typed confirmation, and `Armed`: the value only a confirmation can make.
+
+Applying needs an `Armed` value (an `ApplyContext` cannot be opened without one covering its
+account), so no code path reaches a write without passing through here.
+
+Interactive: the operator types the ids of the accounts that have planned changes (any order,
+spaces or commas); with more than ten, the number of accounts and the task name. Never "yes".
+Non-interactive: `--confirm-accounts` must hold every account with planned changes, and only
+accounts that are targets of the run. Anything else refuses the whole run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from orgrunner.accounts import ACCOUNT_ID
+from orgrunner.errors import InputError, SafetyRefusal
+
+MAX_IDS_TO_TYPE = 10
+_KEY = object()
+
+
+class Armed:
+    """Proof that the operator confirmed applying `task` to exactly `accounts`."""
+
+    def __init__(self, key: object, task: str, accounts: Iterable[str]) -> None:
+        if key is not _KEY:
+            raise TypeError("Armed is made only by orgrunner.confirm")
+        self.task = task
+        self.accounts = frozenset(accounts)
+
+    def covers(self, account_id: str) -> bool:
+        return account_id in self.accounts
+
+    def __repr__(self) -> str:
+        return f"Armed(task={self.task!r}, accounts={len(self.accounts)})"
+
+
+def parse_account_list(text: str, flag: str = "--confirm-accounts") -> set[str]:
+    ids = {p for p in re.split(r"[\s,]+", text.strip()) if p}
+    bad = sorted(i for i in ids if not ACCOUNT_ID.match(i))
+    if bad:
+        raise InputError(f"{flag}: {bad[0]!r} is not a 12-digit account id")
+    return ids
+
+
+def expected_answer(task: str, accounts: set[str]) -> str:
+    if len(accounts) > MAX_IDS_TO_TYPE:
+        return f"{len(accounts)} {task}"
+    return " ".join(sorted(accounts))
+
+
+def prompt_text(task: str, accounts: set[str]) -> str:
+    if len(accounts) > MAX_IDS_TO_TYPE:
+        return (f"To apply, type the number of accounts and the task name ({len(accounts)} accounts): "
+                f"'<count> {task}': ")
+    return "To apply, type the ids of the accounts with planned changes (any order): "
+
+
+def confirm_interactive(task: str, accounts: set[str], ask: Callable[[str], str]) -> Armed:
+    """Ask once; the answer must name exactly these accounts (or count and task name)."""
+    answer = ask(prompt_text(task, accounts)).strip()
+    if len(accounts) > MAX_IDS_TO_TYPE:
+        ok = " ".join(answer.split()) == expected_answer(task, accounts)
+    else:
+        ok = set(re.split(r"[\s,]+", answer)) - {""} == accounts
+    if not ok:
+        raise SafetyRefusal("confirmation did not match the accounts with planned changes; nothing applied")
+    return Armed(_KEY, task, accounts)
+
+
+def confirm_listed(task: str, accounts: set[str], targets: set[str], listed: set[str]) -> Armed:
+    """Non-interactive confirmation by the exact account set stated by the operator."""
+    missing = sorted(accounts - listed)
+    if missing:
+        raise SafetyRefusal(
+            f"--confirm-accounts does not include {len(missing)} account(s) with planned changes: "
+            f"{', '.join(missing[:10])}; nothing applied"
+        )
+    strangers = sorted(listed - targets)
+    if strangers:
+        raise SafetyRefusal(
+            f"--confirm-accounts names {len(strangers)} account(s) that are not targets of this run: "
+            f"{', '.join(strangers[:10])}; nothing applied"
+        )
+    return Armed(_KEY, task, accounts)
+
+
+def confirm_unguarded(task: str, accounts: set[str]) -> Armed:
+    """`--arm` alone: only for plans whose every change merely tightens a setting."""
+    return Armed(_KEY, task, accounts)

@@ -1,0 +1,42 @@
+"""The client-side call guard: a botocore event hook on every client handed to a task.
+
+It lets through only the operations whose IAM action the task declared for the current phase,
+and no mutating operation at all during the plan phase. A refused call raises `CallNotAllowed`
+before the request is even built, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orgrunner.errors import CallNotAllowed
+from orgrunner.policy import iam_action, is_read_action
+from orgrunner.task import Phase
+
+
+class CallGuard:
+    def __init__(self, task_name: str, phase: Phase, allowed_actions: tuple[str, ...]) -> None:
+        self.task_name = task_name
+        self.phase = phase
+        self.allowed = frozenset(a.lower() for a in allowed_actions)
+
+    def check(self, signing_name: str, operation: str) -> None:
+        action = iam_action(signing_name, operation)
+        if self.phase == "plan" and not is_read_action(action):
+            raise CallNotAllowed(
+                f"task {self.task_name!r} called {action}, a write, during the plan phase (dry run); refused"
+            )
+        if action.lower() not in self.allowed:
+            raise CallNotAllowed(
+                f"task {self.task_name!r} called {action}, which it did not declare for the {self.phase} "
+                "phase; refused"
+            )
+
+    def _hook(self, model: Any, **_: Any) -> None:
+        self.check(model.service_model.signing_name, model.name)
+
+    def install(self, client: Any) -> Any:
+        """Register the guard first on the client's own event emitter; return the client."""
+        service_id = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register_first(f"before-parameter-build.{service_id}.*", self._hook)
+        return client

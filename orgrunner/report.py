@@ -1,0 +1,109 @@
+"""Results as they arrive: the terminal, the JSON lines report (`--report`) and the audit log.
+
+Nothing is accumulated here but counters, so memory does not grow with the number of targets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from orgrunner.audit import AuditLog, scrub
+from orgrunner.errors import InputError
+from orgrunner.runner import TargetResult
+
+
+@dataclass
+class Tally:
+    targets: int = 0
+    failed: int = 0
+    skipped: int = 0
+    changes: int = 0
+    accounts: set[str] = field(default_factory=set)
+    regions: set[str] = field(default_factory=set)
+    accounts_with_changes: set[str] = field(default_factory=set)
+    failed_accounts: set[str] = field(default_factory=set)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Reporter:
+    def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None) -> None:
+        self.task = task
+        self.run_id = run_id
+        self.out = out
+        self.audit = audit
+        self.tallies: dict[str, Tally] = {"plan": Tally(), "apply": Tally()}
+        self._report: IO[str] | None = None
+        if report_path is not None:
+            try:
+                report_path.parent.mkdir(parents=True, exist_ok=True)
+                self._report = report_path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"--report {report_path}: {exc.strerror or exc}") from None
+
+    def echo(self, line: str = "") -> None:
+        print(scrub(line), file=self.out, flush=True)
+
+    def result(self, result: TargetResult) -> None:
+        tally = self.tallies[result.phase]
+        target = result.target
+        tally.targets += 1
+        tally.accounts.add(target.account_id)
+        tally.regions.add(target.region)
+        head = f"{target.account_id} {target.account_name or '-':<20} {target.region:<15}"
+        if result.status == "failed":
+            tally.failed += 1
+            tally.failed_accounts.add(target.account_id)
+            self.echo(f"{head} FAILED: {result.error}")
+        elif result.status == "skipped":
+            tally.skipped += 1
+            self.echo(f"{head} skipped: {result.error}")
+        if result.phase == "plan":
+            self._planned(result, tally, head)
+        else:
+            self._applied(result, tally, head)
+        if self._report is not None:
+            self._report.write(scrub(json.dumps(result.record(self.task, self.run_id), default=str)) + "\n")
+            self._report.flush()
+
+    def _planned(self, result: TargetResult, tally: Tally, head: str) -> None:
+        if result.status != "ok":
+            self.audit.event("target", phase="plan", account=result.target.account_id,
+                             region=result.target.region, status=result.status, error=result.error)
+            return
+        tally.changes += len(result.changes)
+        if result.changes:
+            tally.accounts_with_changes.add(result.target.account_id)
+        self.echo(f"{head} {len(result.changes)} change(s)" if result.changes else f"{head} no changes")
+        for change in result.changes:
+            self.echo(f"    ~ {change.summary}")
+            self.audit.event("planned", task=self.task, change=change.to_dict())
+
+    def _applied(self, result: TargetResult, tally: Tally, head: str) -> None:
+        for outcome in result.outcomes:
+            tally.outcomes[outcome.status] = tally.outcomes.get(outcome.status, 0) + 1
+            note = f": {outcome.error}" if outcome.error else ""
+            self.echo(f"{head} {outcome.status}: {outcome.change.resource} {outcome.change.action}{note}")
+        if result.status == "ok":
+            tally.changes += len(result.outcomes)
+
+    def applied(self, record: dict[str, Any]) -> None:
+        """One applied change, written to the audit log the moment it happens."""
+        self.audit.event("applied", task=self.task, **record)
+
+    def plan_summary(self) -> str:
+        t = self.tallies["plan"]
+        return (f"Plan: {len(t.accounts)} account(s), {len(t.regions)} region(s), {t.targets} target(s): "
+                f"{t.changes} change(s) in {len(t.accounts_with_changes)} account(s); "
+                f"{t.failed} failed, {t.skipped} skipped.")
+
+    def apply_summary(self) -> str:
+        t = self.tallies["apply"]
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(t.outcomes.items())) or "nothing"
+        return f"Apply: {t.targets} target(s) in {len(t.accounts)} account(s): {counts}; {t.failed} target(s) failed."
+
+    def close(self) -> None:
+        if self._report is not None:
+            self._report.close()

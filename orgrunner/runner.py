@@ -1,0 +1,234 @@
+"""The parallel engine: a bounded thread pool over account x region targets.
+
+Per account, one job assumes the role (once, cached) and resolves the enabled regions; it then
+fans out one job per region into the same pool, so a slow account never holds workers idle.
+Results are yielded to the caller's thread as they complete: streamed, never accumulated here.
+The engine knows nothing about any particular task.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from orgrunner import aws
+from orgrunner.accounts import Account
+from orgrunner.audit import scrub
+from orgrunner.confirm import Armed
+from orgrunner.credentials import RoleAssumer
+from orgrunner.errors import OrgrunnerError
+from orgrunner.guard import CallGuard
+from orgrunner.policy import phase_actions
+from orgrunner.task import GLOBAL_REGION, ApplyContext, Change, Drift, Phase, Target, Task, TaskContext
+
+Status = Literal["ok", "failed", "skipped"]
+ALL_REGIONS = "*"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one change in the apply phase."""
+
+    change: Change
+    status: Literal["applied", "already done", "drifted", "failed"]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: Target
+    phase: Phase
+    status: Status
+    changes: tuple[Change, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+    error: str | None = None
+
+    def record(self, task: str, run_id: str) -> dict[str, Any]:
+        """The JSON report line for this target."""
+        return {
+            "run_id": run_id,
+            "account": self.target.account_id,
+            "account_name": self.target.account_name,
+            "region": self.target.region,
+            "task": task,
+            "phase": self.phase,
+            "status": self.status,
+            "changes": [c.to_dict() for c in self.changes],
+            "outcomes": [{"resource": o.change.resource, "action": o.change.action, "status": o.status,
+                          "error": o.error} for o in self.outcomes],
+            "error": self.error,
+        }
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a target's failure; never a traceback, never a secret."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        op = getattr(exc, "operation_name", "")
+        text = f"{op}: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip(": ")
+    elif isinstance(exc, OrgrunnerError | BotoCoreError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return scrub(" ".join(text.split()))
+
+
+@dataclass
+class _Pool:
+    """A thread pool whose jobs may submit more jobs, with results drained on the caller's thread."""
+
+    workers: int
+    stop: threading.Event
+    results: queue.Queue[TargetResult] = field(default_factory=queue.Queue)
+    _pending: set[Future[None]] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="orgrunner")
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            future = self._executor.submit(fn, *args)
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        if future.exception() is not None:  # a job must report through results; this is a bug
+            self.results.put(TargetResult(Target("?", "?"), "plan", "failed",
+                                          error=describe_error(future.exception())))  # type: ignore[arg-type]
+
+    def drain(self) -> Iterator[TargetResult]:
+        finished = False
+        try:
+            while True:
+                try:
+                    yield self.results.get(timeout=0.05)
+                    continue
+                except queue.Empty:
+                    pass
+                with self._lock:
+                    idle = not self._pending
+                if idle and self.results.empty():
+                    finished = True
+                    return
+        finally:
+            if not finished:  # the consumer stopped early (Ctrl-C): stop scheduling new targets
+                self.stop.set()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class Runner:
+    def __init__(self, task: Task, assumer: RoleAssumer, concurrency: int,
+                 stop: threading.Event | None = None,
+                 on_outcome: Callable[[Target, Outcome], None] | None = None) -> None:
+        """`on_outcome` is called from the worker the moment each change is applied (or fails),
+        so the audit log holds every change AWS applied even if the process dies right after."""
+        self.task = task
+        self.on_outcome = on_outcome
+        self.assumer = assumer
+        self.concurrency = concurrency
+        self.stop = stop or threading.Event()
+
+    # --- plumbing shared by both phases ----------------------------------------------------
+
+    def _clients(self, target: Target, phase: Phase) -> Callable[[str, Phase], Any]:
+        guard = CallGuard(self.task.name, phase, phase_actions(type(self.task), phase))
+        region = aws.HOME_REGION if target.region == GLOBAL_REGION else target.region
+
+        def make(service: str, _phase: Phase) -> Any:
+            return guard.install(self.assumer.session(target.account_id).client(service, region))
+
+        return make
+
+    def _regions(self, account: Account, wanted: list[str] | None) -> tuple[list[str], list[str]]:
+        """(regions to cover, requested regions not enabled in the account)."""
+        if not type(self.task).regional:
+            return [GLOBAL_REGION], []
+        ec2 = self.assumer.session(account.id).client("ec2", aws.HOME_REGION)
+        enabled = sorted(r["RegionName"] for r in aws.call(ec2, "describe_regions")["Regions"])
+        if wanted is None:
+            return enabled, []
+        return [r for r in wanted if r in enabled], [r for r in wanted if r not in enabled]
+
+    # --- plan --------------------------------------------------------------------------------
+
+    def plan(self, accounts: list[Account], regions: list[str] | None) -> Iterator[TargetResult]:
+        pool = _Pool(self.concurrency, self.stop)
+        for account in accounts:
+            pool.submit(self._plan_account, pool, account, regions)
+        yield from pool.drain()
+
+    def _plan_account(self, pool: _Pool, account: Account, wanted: list[str] | None) -> None:
+        if self.stop.is_set():
+            pool.results.put(TargetResult(Target(account.id, ALL_REGIONS, account.name), "plan", "skipped",
+                                          error="interrupted before start"))
+            return
+        try:
+            regions, disabled = self._regions(account, wanted)
+        except Exception as exc:
+            for region in wanted or [ALL_REGIONS]:
+                pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "failed",
+                                              error=describe_error(exc)))
+            return
+        for region in disabled:
+            pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "skipped",
+                                          error="region not enabled in this account"))
+        for region in regions:
+            pool.submit(self._plan_target, pool, Target(account.id, region, account.name))
+
+    def _plan_target(self, pool: _Pool, target: Target) -> None:
+        if self.stop.is_set():
+            pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
+            return
+        try:
+            ctx = TaskContext(self.task, target, self._clients(target, "plan"))
+            changes = tuple(self.task.plan(ctx))
+            result = TargetResult(target, "plan", "ok", changes=changes)
+        except Exception as exc:
+            result = TargetResult(target, "plan", "failed", error=describe_error(exc))
+        pool.results.put(result)
+
+    # --- apply -------------------------------------------------------------------------------
+
+    def apply(self, plan: dict[Target, list[Change]], armed: Armed) -> Iterator[TargetResult]:
+        """Apply exactly the planned changes of the confirmed accounts, one job per target."""
+        pool = _Pool(self.concurrency, self.stop)
+        for target, changes in sorted(plan.items()):
+            if changes and armed.covers(target.account_id):
+                pool.submit(self._apply_target, pool, target, changes, armed)
+        yield from pool.drain()
+
+    def _apply_target(self, pool: _Pool, target: Target, changes: list[Change], armed: Armed) -> None:
+        outcomes: list[Outcome] = []
+        try:
+            ctx = ApplyContext(self.task, target, self._clients(target, "apply"), armed)
+        except Exception as exc:
+            pool.results.put(TargetResult(target, "apply", "failed", changes=tuple(changes),
+                                          error=describe_error(exc)))
+            return
+        for change in changes:
+            if self.stop.is_set():
+                break
+            try:
+                status = self.task.apply(ctx, change)
+                outcome = Outcome(change, "already done" if status == "already done" else "applied")
+            except Drift as exc:
+                outcome = Outcome(change, "drifted", describe_error(exc))
+            except Exception as exc:
+                outcome = Outcome(change, "failed", describe_error(exc))
+            outcomes.append(outcome)
+            if self.on_outcome is not None:
+                self.on_outcome(target, outcome)
+        failed = [o for o in outcomes if o.status in ("failed", "drifted")]
+        verdict: Status = "failed" if failed or len(outcomes) < len(changes) else "ok"
+        error = failed[0].error if failed else (None if verdict == "ok" else "interrupted")
+        pool.results.put(TargetResult(target, "apply", verdict, changes=tuple(changes),
+                                      outcomes=tuple(outcomes), error=error))

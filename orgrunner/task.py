@@ -1,0 +1,241 @@
+"""The task contract: `Task`, `Change`, `Target`, the contexts a task runs in, and the registry.
+
+A task is a short declarative class: a name, a description, whether it is destructive, the IAM
+actions it needs to plan (reads only) and to apply, a `plan` that reads and returns changes and
+an `apply` that performs exactly one planned change. The engine does everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import pkgutil
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from orgrunner.errors import TaskLoadError
+
+Phase = Literal["plan", "apply"]
+GLOBAL_REGION = "global"
+TASK_NAME = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]$")
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """One unit of work: an account, and a region (or `global` for account-wide tasks)."""
+
+    account_id: str
+    region: str
+    account_name: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.region}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One planned change, as data: printable, JSON-serialisable and comparable.
+
+    `before` is what the plan saw and `apply` must still find; `after` is the wanted state;
+    `undo` holds what is needed to reverse the change once applied.
+    """
+
+    account_id: str
+    region: str
+    resource: str
+    action: str
+    summary: str
+    before: Any = None
+    after: Any = None
+    undo: Any = None
+    destructive: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Change:
+        return cls(**data)
+
+
+class Task:
+    """Base class of every task. Subclass, fill in the declaration, register with `@register`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    destructive: ClassVar[bool]
+    plan_actions: ClassVar[tuple[str, ...]]
+    apply_actions: ClassVar[tuple[str, ...]]
+    regional: ClassVar[bool] = True
+    version: ClassVar[str] = "1"
+    config_file: ClassVar[str | None] = None
+    Config: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, config: BaseModel | None = None) -> None:
+        self.config = config
+
+    def plan(self, ctx: TaskContext) -> list[Change]:
+        """Read the target's state and return the changes that would make it match. Reads only."""
+        raise NotImplementedError
+
+    def apply(self, ctx: ApplyContext, change: Change) -> str:
+        """Perform exactly one planned change; return its outcome ("applied", "already done").
+
+        Check that `change.before` still holds first, and raise `Drift` if it does not.
+        """
+        raise NotImplementedError
+
+
+class Drift(Exception):
+    """Raised by `apply` when the live state no longer matches the change's `before`."""
+
+
+class TaskContext:
+    """What a task sees of one target: the target, the phase, guarded clients, its config."""
+
+    phase: Phase = "plan"
+
+    def __init__(self, task: Task, target: Target, clients: Callable[[str, Phase], Any]) -> None:
+        self.task = task
+        self.target = target
+        self._clients = clients
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def account_id(self) -> str:
+        return self.target.account_id
+
+    @property
+    def region(self) -> str:
+        return self.target.region
+
+    def client(self, service: str) -> Any:
+        """A botocore client for this target, guarded to the task's declared actions."""
+        if service not in self._cache:
+            self._cache[service] = self._clients(service, self.phase)
+        return self._cache[service]
+
+    def change(self, resource: str, action: str, summary: str, *, before: Any = None, after: Any = None,
+               undo: Any = None, destructive: bool | None = None) -> Change:
+        """A `Change` for this target; `destructive` defaults to the task's declaration."""
+        return Change(
+            account_id=self.target.account_id,
+            region=self.target.region,
+            resource=resource,
+            action=action,
+            summary=summary,
+            before=before,
+            after=after,
+            undo=undo,
+            destructive=self.task.destructive if destructive is None else destructive,
+        )
+
+
+class ApplyContext(TaskContext):
+    """The context of the apply phase. Only an `Armed` value, made by the confirmation, opens one."""
+
+    phase: Phase = "apply"
+
+    def __init__(self, task: Task, target: Target, clients: Callable[[str, Phase], Any], armed: Any) -> None:
+        from orgrunner.confirm import Armed
+
+        if not isinstance(armed, Armed) or not armed.covers(target.account_id):
+            raise TypeError("an apply context needs the Armed value of a confirmation covering its account")
+        super().__init__(task, target, clients)
+        self.armed = armed
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Task]] = {}
+T = TypeVar("T", bound=type[Task])
+
+
+def register(cls: T) -> T:
+    """Class decorator: validate a task's declaration and add it to the registry."""
+    from orgrunner.policy import check_declaration
+
+    check_declaration(cls)
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise TaskLoadError(
+            f"task {cls.name!r} from {cls.__module__} duplicates the name of the task from {existing.__module__}"
+        )
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class LoadedTasks:
+    """The tasks that loaded, and one message for each source that failed to load."""
+
+    tasks: dict[str, type[Task]]
+    errors: list[str]
+
+    def get(self, name: str) -> type[Task]:
+        from orgrunner.errors import InputError
+
+        if name in self.tasks:
+            return self.tasks[name]
+        broken = [e for e in self.errors if repr(name) in e]
+        if broken:
+            raise TaskLoadError(broken[0])
+        known = ", ".join(sorted(self.tasks)) or "none"
+        raise InputError(f"unknown task {name!r} (known tasks: {known})")
+
+
+def _builtin_modules() -> Iterator[str]:
+    import tasks as builtin
+
+    for info in pkgutil.iter_modules(builtin.__path__, prefix="tasks."):
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+            yield info.name
+
+
+def _import_file(path: Path) -> None:
+    module_name = f"orgrunner_local_tasks.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+
+
+def load_tasks(tasks_dir: Path | None = None) -> LoadedTasks:
+    """Import built-in tasks, tasks of installed packages (entry point group `orgrunner.tasks`)
+    and, if given, the task files of a folder. A source that fails is reported, never fatal."""
+    errors: list[str] = []
+    sources: list[tuple[str, Callable[[], object]]] = [
+        (name, functools.partial(importlib.import_module, name)) for name in _builtin_modules()
+    ]
+    for ep in importlib.metadata.entry_points(group="orgrunner.tasks"):
+        sources.append((f"entry point {ep.name} ({ep.value})", ep.load))
+    if tasks_dir is not None:
+        from orgrunner.errors import InputError
+
+        if not tasks_dir.is_dir():
+            raise InputError(f"--tasks-dir {tasks_dir}: not a folder")
+        for path in sorted(tasks_dir.glob("*.py")):
+            if not path.name.startswith("_"):
+                sources.append((str(path), functools.partial(_import_file, path)))
+    for source, load in sources:
+        try:
+            load()
+        except TaskLoadError as exc:
+            errors.append(f"{source}: {exc}")
+        except Exception as exc:  # a broken third-party module must not hide the others
+            errors.append(f"{source}: failed to import: {type(exc).__name__}: {exc}")
+    return LoadedTasks(tasks=dict(sorted(_REGISTRY.items())), errors=errors)
