@@ -27,8 +27,8 @@ from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.policy import render, session_policy
 from orgrunner.report import Reporter
 from orgrunner.runner import Outcome, Runner
-from orgrunner.settings import Settings, load_settings
-from orgrunner.task import Change, LoadedTasks, Target, Task, load_tasks
+from orgrunner.settings import Settings, config_dir, load_settings
+from orgrunner.task import Change, Target, Task, configure, load_tasks
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; "
@@ -86,11 +86,6 @@ def caller_session(profile: str | None) -> tuple[aws.Session, Caller]:
     caller = resolve_caller(session, source)
     err(f"caller: {caller.describe()}")
     return session, caller
-
-
-def tasks_or_fail(tasks_dir: Path | None) -> LoadedTasks:
-    loaded = load_tasks(tasks_dir)
-    return loaded
 
 
 def validate_regions(regions: list[str]) -> list[str]:
@@ -191,6 +186,29 @@ def policy(
 
 
 @app.command()
+def describe(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    tasks_dir: TasksDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a task: its documentation, kind, config file and both session policies."""
+    cls = load_tasks(tasks_dir).get(task)
+    module = sys.modules.get(cls.__module__)
+    print(f"{cls.name}: {cls.description}")
+    print(f"kind: {'destructive' if cls.destructive else 'tightening'}, {'regional' if cls.regional else 'global'}")
+    if cls.config_file:
+        print(f"config file: {config_dir(config) / cls.config_file}")
+    doc = (module.__doc__ or "").strip() if module else ""
+    if doc:
+        print()
+        print(doc)
+    for phase in ("plan", "apply"):
+        print()
+        print(f"{phase} session policy:")
+        print(json.dumps(session_policy(cls, phase), indent=2))
+
+
+@app.command()
 def run(
     task: Annotated[str, typer.Argument(help="Task name (see `orgrunner tasks`).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; nothing is written. The default.")] = False,
@@ -227,7 +245,7 @@ def run(
     regions = validate_regions(region) if region else (
         validate_regions(settings.regions) if settings.regions else None)
     task_cls = load_tasks(tasks_dir).get(task)
-    instance = task_cls()
+    instance = configure(task_cls, config_dir(config))
 
     session, caller = caller_session(profile)
     if caller.long_term:

@@ -79,6 +79,8 @@ class Reporter:
         self.echo(f"{head} {len(result.changes)} change(s)" if result.changes else f"{head} no changes")
         for change in result.changes:
             self.echo(f"    ~ {change.summary}")
+            for line in change.details:
+                self.echo(f"        - {line}")
             self.audit.event("planned", task=self.task, change=change.to_dict())
 
     def _applied(self, result: TargetResult, tally: Tally, head: str) -> None:

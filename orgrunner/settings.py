@@ -64,6 +64,12 @@ def config_path(explicit: Path | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
 
+def config_dir(explicit: Path | None) -> Path:
+    """Where task config files live: beside the settings file, else `./config`."""
+    path = config_path(explicit)
+    return path.parent if path is not None else DEFAULT_CONFIG.parent
+
+
 def load_settings(explicit: Path | None = None, **flags: Any) -> Settings:
     """The file's settings with the given flags (those not None) laid over them, validated."""
     path = config_path(explicit)

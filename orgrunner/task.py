@@ -14,7 +14,7 @@ import importlib.util
 import pkgutil
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -44,8 +44,10 @@ class Target:
 class Change:
     """One planned change, as data: printable, JSON-serialisable and comparable.
 
+    `summary` is one line, `details` the lines printed under it (one per rule, per field...).
     `before` is what the plan saw and `apply` must still find; `after` is the wanted state;
-    `undo` holds what is needed to reverse the change once applied.
+    `undo` holds what is needed to reverse the change once applied. `destructive` is decided by
+    the plan: a change that relaxes security is destructive even in a task that usually tightens.
     """
 
     account_id: str
@@ -53,6 +55,7 @@ class Change:
     resource: str
     action: str
     summary: str
+    details: tuple[str, ...] = ()
     before: Any = None
     after: Any = None
     undo: Any = None
@@ -63,7 +66,7 @@ class Change:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
-        return cls(**data)
+        return cls(**{**data, "details": tuple(data.get("details", ()))})
 
 
 class Task:
@@ -123,8 +126,8 @@ class TaskContext:
             self._cache[service] = self._clients(service, self.phase)
         return self._cache[service]
 
-    def change(self, resource: str, action: str, summary: str, *, before: Any = None, after: Any = None,
-               undo: Any = None, destructive: bool | None = None) -> Change:
+    def change(self, resource: str, action: str, summary: str, *, details: Iterable[str] = (),
+               before: Any = None, after: Any = None, undo: Any = None, destructive: bool | None = None) -> Change:
         """A `Change` for this target; `destructive` defaults to the task's declaration."""
         return Change(
             account_id=self.target.account_id,
@@ -132,6 +135,7 @@ class TaskContext:
             resource=resource,
             action=action,
             summary=summary,
+            details=tuple(details),
             before=before,
             after=after,
             undo=undo,
@@ -151,6 +155,24 @@ class ApplyContext(TaskContext):
             raise TypeError("an apply context needs the Armed value of a confirmation covering its account")
         super().__init__(task, target, clients)
         self.armed = armed
+
+
+def configure(cls: type[Task], config_dir: Path) -> Task:
+    """An instance of the task with its YAML config (`config_dir / cls.config_file`) validated.
+
+    A task with a `Config` whose file is absent runs with the model's defaults, if it has them."""
+    if cls.Config is None:
+        return cls()
+    from orgrunner import configfile
+    from orgrunner.errors import InputError
+
+    path = config_dir / cls.config_file if cls.config_file else None
+    if path is not None and path.is_file():
+        return cls(configfile.load(path, cls.Config))
+    try:
+        return cls(cls.Config())
+    except ValueError:
+        raise InputError(f"task {cls.name!r} needs its config file {path}") from None
 
 
 # --- registry -------------------------------------------------------------------------------

@@ -90,7 +90,8 @@ class StripDefaultSecurityGroups(Task):
                 resource=group["GroupId"],
                 action="revoke-rules",
                 summary=(f"{group['GroupId']} (default of {group['VpcId']}): remove {ingress} ingress and "
-                         f"{len(rules) - ingress} egress rules: " + "; ".join(describe_rule(r) for r in rules)),
+                         f"{len(rules) - ingress} egress rule(s)"),
+                details=[describe_rule(r) for r in rules],
                 before={"group_id": group["GroupId"], "vpc_id": group["VpcId"], "rules": rules},
                 after={"group_id": group["GroupId"], "vpc_id": group["VpcId"], "rules": []},
                 undo={"group_id": group["GroupId"], "rules": rules},
