@@ -3,7 +3,7 @@
 The public surface for task authors is re-exported here; everything else is engine internals.
 """
 
-from orgrunner.task import ApplyContext, Change, Drift, Target, Task, TaskContext, register
+from orgrunner.task import ApplyContext, Change, Drift, Skip, Target, Task, TaskContext, register
 
 __version__ = "0.1.0"
-__all__ = ["ApplyContext", "Change", "Drift", "Target", "Task", "TaskContext", "__version__", "register"]
+__all__ = ["ApplyContext", "Change", "Drift", "Skip", "Target", "Task", "TaskContext", "__version__", "register"]

@@ -25,7 +25,7 @@ from orgrunner.credentials import RoleAssumer
 from orgrunner.errors import OrgrunnerError
 from orgrunner.guard import CallGuard
 from orgrunner.policy import phase_actions
-from orgrunner.task import GLOBAL_REGION, ApplyContext, Change, Drift, Phase, Target, Task, TaskContext
+from orgrunner.task import GLOBAL_REGION, ApplyContext, Change, Drift, Phase, Skip, Target, Task, TaskContext
 
 Status = Literal["ok", "failed", "skipped"]
 ALL_REGIONS = "*"
@@ -192,6 +192,8 @@ class Runner:
             ctx = TaskContext(self.task, target, self._clients(target, "plan"))
             changes = tuple(self.task.plan(ctx))
             result = TargetResult(target, "plan", "ok", changes=changes)
+        except Skip as exc:
+            result = TargetResult(target, "plan", "skipped", error=str(exc))
         except Exception as exc:
             result = TargetResult(target, "plan", "failed", error=describe_error(exc))
         pool.results.put(result)

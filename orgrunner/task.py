@@ -101,6 +101,11 @@ class Drift(Exception):
     """Raised by `apply` when the live state no longer matches the change's `before`."""
 
 
+class Skip(Exception):
+    """Raised by `plan` when the target does not apply (say, the service is not enabled in this
+    region): the target is reported as skipped with this message, not failed."""
+
+
 class TaskContext:
     """What a task sees of one target: the target, the phase, guarded clients, its config."""
 
