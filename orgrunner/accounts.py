@@ -78,6 +78,7 @@ class Selection:
     targets: list[Account]
     skipped: list[tuple[Account, str]]
     management_account_id: str
+    protected: dict[str, str] = field(default_factory=dict)  # targets opened by --include-protected: id -> name
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Organization:
             chosen = [a for a in chosen if a.id in under]
         targets: list[Account] = []
         skipped: list[tuple[Account, str]] = []
+        protected: dict[str, str] = {}
         for account in chosen:
             reason = self._exclusion(account, selectors, protection, management_id)
             if reason is None and selectors.tags:
@@ -168,9 +170,11 @@ class Organization:
                     continue  # not selected: filtered, not skipped
             if reason is None:
                 targets.append(account)
+                if protection.reason(account):
+                    protected[account.id] = account.name
             else:
                 skipped.append((account, reason))
-        return Selection(targets=targets, skipped=skipped, management_account_id=management_id)
+        return Selection(targets=targets, skipped=skipped, management_account_id=management_id, protected=protected)
 
     @staticmethod
     def _exclusion(account: Account, selectors: Selectors, protection: Protection, management_id: str) -> str | None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +22,22 @@ import typer
 from orgrunner import __version__, aws
 from orgrunner.accounts import Organization, Selection, Selectors, parse_tags
 from orgrunner.audit import AuditLog, default_path, scrub
-from orgrunner.confirm import Armed, confirm_interactive, confirm_listed, confirm_unguarded, parse_account_list
-from orgrunner.credentials import RoleAssumer, RoleRequest, operator_name, session_name, source_identity
+from orgrunner.confirm import (
+    Armed,
+    confirm_interactive,
+    confirm_listed,
+    confirm_protected,
+    confirm_unguarded,
+    parse_account_list,
+)
+from orgrunner.credentials import (
+    RoleAssumer,
+    RoleRequest,
+    operator_name,
+    operator_session,
+    session_name,
+    source_identity,
+)
 from orgrunner.errors import EXIT_INTERRUPTED, InputError, OrgrunnerError, SafetyRefusal
 from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.policy import render, session_policy
@@ -30,6 +46,7 @@ from orgrunner.runner import Outcome, Runner
 from orgrunner.settings import Settings, config_dir, load_settings
 from orgrunner.task import Change, Target, Task, configure, load_tasks
 
+ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; "
     "3 refused by a safety rule; 70 internal error; 130 interrupted."
@@ -81,8 +98,42 @@ def selectors(account: list[str] | None, ou: list[str] | None, exclude: list[str
     return chosen
 
 
-def caller_session(profile: str | None) -> tuple[aws.Session, Caller]:
-    session, source = base_session(profile)
+OperatorRoleOpt = Annotated[str | None, typer.Option(
+    "--operator-role-arn", help="First assume this role of yours in the management account (the first hop).")]
+MfaSerialOpt = Annotated[str | None, typer.Option("--mfa-serial", help="MFA device serial or ARN for the "
+                                                  "first hop; the token is prompted for unless --mfa-token.")]
+MfaTokenOpt = Annotated[str | None, typer.Option("--mfa-token", help="The current MFA code (non-interactive).")]
+
+
+@dataclass
+class Hop:
+    """How the caller's management session is made: a profile or the environment, optionally
+    followed by the operator's own role (with MFA)."""
+
+    profile: str | None = None
+    operator_role_arn: str | None = None
+    mfa_serial: str | None = None
+    mfa_token: str | None = None
+    duration: int = 3600
+
+
+def caller_session(hop: Hop) -> tuple[aws.Session, Caller]:
+    if hop.mfa_serial and not hop.operator_role_arn:
+        raise InputError("--mfa-serial needs --operator-role-arn (MFA is used on the first hop)")
+    if hop.operator_role_arn and not ROLE_ARN.match(hop.operator_role_arn):
+        raise InputError(f"--operator-role-arn {hop.operator_role_arn!r}: expected arn:aws:iam::ACCOUNT:role/NAME")
+    if hop.mfa_serial and not hop.mfa_token and not sys.stdin.isatty():
+        raise InputError("--mfa-serial without a terminal needs --mfa-token")
+    session, source = base_session(hop.profile)
+    if hop.operator_role_arn:
+        first = resolve_caller(session, source)
+
+        def token() -> str:
+            return hop.mfa_token or typer.prompt("MFA code", err=True).strip()
+
+        session = operator_session(session, hop.operator_role_arn, session_name(operator_name(first.arn), "operator"),
+                                   hop.duration, hop.mfa_serial, token)
+        source = f"{source} via {hop.operator_role_arn}" + (" with MFA" if hop.mfa_serial else "")
     caller = resolve_caller(session, source)
     err(f"caller: {caller.describe()}")
     return session, caller
@@ -120,9 +171,10 @@ def main_options(
 # --- commands ---------------------------------------------------------------------------------
 
 @app.command()
-def whoami(profile: Profile = None) -> None:
+def whoami(profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
+           mfa_token: MfaTokenOpt = None) -> None:
     """Show the caller: ARN, account, credential kind and organization id."""
-    session, caller = caller_session(profile)
+    session, caller = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token))
     try:
         org_id = Organization(session).describe()["Id"]
     except InputError:
@@ -138,14 +190,15 @@ def accounts(
     account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
     include_management: MgmtOpt = False, include_protected: ProtOpt = False,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    profile: Profile = None, config: ConfigOpt = None,
+    profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
+    mfa_token: MfaTokenOpt = None, config: ConfigOpt = None,
 ) -> None:
     """List the accounts a run with these selectors would target, and those left out and why."""
     if output not in ("table", "json"):
         raise InputError(f"--format {output!r}: expected table or json")
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     settings = load_settings(config)
-    session, _ = caller_session(profile)
+    session, _ = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token, settings.session_duration))
     selection = Organization(session).select(chosen, settings.protection())
     if output == "json":
         print(json.dumps({
@@ -230,6 +283,10 @@ def run(
                                                    "[default: ~/.local/state/orgrunner/audit.jsonl].")] = None,
     allow_long_term: Annotated[bool, typer.Option("--allow-long-term-credentials",
                                                   help="Allow an armed run with long-term access keys.")] = False,
+    confirm_protected: Annotated[str | None, typer.Option(
+        "--confirm-protected", help="With --include-protected, non-interactively: the ids of the protected "
+        "accounts with planned changes.")] = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
     tasks_dir: TasksDirOpt = None,
 ) -> None:
@@ -239,15 +296,17 @@ def run(
     # Everything the user typed is checked before any AWS call.
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     confirmed = parse_account_list(confirm_accounts) if confirm_accounts is not None else None
-    if confirmed is not None and not arm:
-        raise InputError("--confirm-accounts only makes sense with --arm")
+    protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
+    if (confirmed is not None or protected_ok is not None) and not arm:
+        raise InputError("--confirm-accounts and --confirm-protected only make sense with --arm")
     settings = load_settings(config, role_name=role_name, concurrency=concurrency, audit_log=audit_log)
     regions = validate_regions(region) if region else (
         validate_regions(settings.regions) if settings.regions else None)
     task_cls = load_tasks(tasks_dir).get(task)
     instance = configure(task_cls, config_dir(config))
 
-    session, caller = caller_session(profile)
+    session, caller = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token,
+                                         settings.session_duration))
     if caller.long_term:
         if arm and not allow_long_term:
             raise SafetyRefusal("armed runs refuse long-term access keys (AKIA...); use temporary credentials "
@@ -263,16 +322,19 @@ def run(
     audit = AuditLog(settings.audit_log or default_path(), run_id)
     reporter = Reporter(task_cls.name, run_id, sys.stdout, audit, report)
     mode = "armed" if arm else "dry-run"
+    operator = operator_name(caller.arn)
+    identity = RunIdentity(run_id, session_name(operator, task_cls.name, run_id), source_identity(operator))
     audit.event("run-start", task=task_cls.name, mode=mode, operator=caller.arn, account=caller.account_id,
                 credentials=caller.kind, selectors=chosen.to_dict(), regions=regions,
-                role_name=settings.role_name, targets=[a.id for a in selection.targets])
+                role_name=settings.role_name, role_session_name=identity.session_name,
+                source_identity=identity.source_identity, targets=[a.id for a in selection.targets])
     err(f"run {run_id}: {task_cls.name} ({mode}) over {len(selection.targets)} account(s), "
         f"role {settings.role_name}")
     status = "interrupted"
     stop = threading.Event()
     try:
-        failed = execute(instance, settings, session, caller, selection, regions, arm, confirmed,
-                         reporter, stop)
+        failed = execute(instance, settings, session, identity, selection, regions, arm,
+                         Confirmation(confirmed, protected_ok), reporter, stop)
         status = "failed" if failed else "ok"
         if failed:
             raise typer.Exit(1)
@@ -296,18 +358,32 @@ def _tally(reporter: Reporter, phase: str) -> dict[str, Any]:
             "accounts_with_changes": len(t.accounts_with_changes), "outcomes": t.outcomes}
 
 
-def execute(task: Task, settings: Settings, session: aws.Session, caller: Caller, selection: Selection,
-            regions: list[str] | None, arm: bool, confirmed: set[str] | None, reporter: Reporter,
+@dataclass(frozen=True)
+class RunIdentity:
+    run_id: str
+    session_name: str
+    source_identity: str
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the operator stated on the command line (None: not given)."""
+
+    accounts: set[str] | None
+    protected: set[str] | None
+
+
+def execute(task: Task, settings: Settings, session: aws.Session, identity: RunIdentity, selection: Selection,
+            regions: list[str] | None, arm: bool, stated: Confirmation, reporter: Reporter,
             stop: threading.Event) -> bool:
     """Plan, and if armed confirm and apply. Returns True when any target failed."""
     cls = type(task)
-    operator = operator_name(caller.arn)
 
     def assumer(phase: str) -> RoleAssumer:
         request = RoleRequest(
             role_name=settings.role_name,
-            session_name=session_name(operator, cls.name),
-            source_identity=source_identity(operator),
+            session_name=identity.session_name,
+            source_identity=identity.source_identity,
             policy=render(session_policy(cls, "apply" if phase == "apply" else "plan")),
             duration=settings.session_duration,
             external_id=settings.external_id,
@@ -329,7 +405,7 @@ def execute(task: Task, settings: Settings, session: aws.Session, caller: Caller
         reporter.echo("No planned changes: nothing to apply.")
         return plan_failed
 
-    armed = confirm(cls, plan, {a.id for a in selection.targets}, confirmed)
+    armed = confirm(cls, plan, selection, stated)
     reporter.audit.event("confirmed", task=cls.name, accounts=sorted(armed.accounts))
 
     def record(target: Target, outcome: Outcome) -> None:
@@ -343,24 +419,28 @@ def execute(task: Task, settings: Settings, session: aws.Session, caller: Caller
     return plan_failed or reporter.tallies["apply"].failed > 0
 
 
-def confirm(cls: type[Task], plan: dict[Target, list[Change]], targets: set[str], listed: set[str] | None) -> Armed:
+def _ask(prompt: str) -> str:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
+
+
+def confirm(cls: type[Task], plan: dict[Target, list[Change]], selection: Selection, stated: Confirmation) -> Armed:
+    """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise."""
     accounts = {t.account_id for t, changes in plan.items() if changes}
+    interactive = sys.stdin.isatty()
+    protected = {i: n for i, n in selection.protected.items() if i in accounts}
+    confirm_protected(protected, _ask if interactive else None, stated.protected)
     destructive = any(c.destructive for changes in plan.values() for c in changes)
     if not destructive:
         err(f"{cls.name}: every planned change only tightens a setting; --arm is confirmation enough")
         return confirm_unguarded(cls.name, accounts)
-    if listed is not None:
-        return confirm_listed(cls.name, accounts, targets, listed)
-    if not sys.stdin.isatty():
+    if stated.accounts is not None:
+        return confirm_listed(cls.name, accounts, {a.id for a in selection.targets}, stated.accounts)
+    if not interactive:
         raise SafetyRefusal("an armed run without a terminal needs --confirm-accounts naming the accounts "
                             f"with planned changes ({len(accounts)}); nothing applied")
     err(f"{cls.name} will change {len(accounts)} account(s): {', '.join(sorted(accounts))}")
-
-    def ask(prompt: str) -> str:
-        print(prompt, end="", file=sys.stderr, flush=True)
-        return sys.stdin.readline()
-
-    return confirm_interactive(cls.name, accounts, ask)
+    return confirm_interactive(cls.name, accounts, _ask)
 
 
 # --- sandbox ----------------------------------------------------------------------------------

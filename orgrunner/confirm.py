@@ -87,6 +87,28 @@ def confirm_listed(task: str, accounts: set[str], targets: set[str], listed: set
     return Armed(_KEY, task, accounts)
 
 
+def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | None,
+                      listed: set[str] | None) -> None:
+    """Protected accounts with planned changes need their own confirmation: their names typed
+    at the terminal, or their ids in `--confirm-protected`. Raises SafetyRefusal otherwise."""
+    if not protected:
+        return
+    if listed is not None:
+        if listed != set(protected):
+            raise SafetyRefusal(
+                "--confirm-protected must name exactly the protected accounts with planned changes: "
+                f"{', '.join(sorted(protected))}; nothing applied")
+        return
+    if ask is None:
+        raise SafetyRefusal(
+            f"{len(protected)} protected account(s) have planned changes; without a terminal, confirm them "
+            f"with --confirm-protected {','.join(sorted(protected))}; nothing applied")
+    names = sorted(protected.values())
+    answer = ask(f"Protected accounts will change: type their names ({len(names)}): ")
+    if sorted(p for p in re.split(r"[\s,]+", answer.strip()) if p) != names:
+        raise SafetyRefusal("protected accounts were not confirmed by name; nothing applied")
+
+
 def confirm_unguarded(task: str, accounts: set[str]) -> Armed:
     """`--arm` alone: only for plans whose every change merely tightens a setting."""
     return Armed(_KEY, task, accounts)

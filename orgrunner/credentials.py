@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ import botocore.credentials
 from botocore.exceptions import ClientError
 
 from orgrunner import aws
-from orgrunner.errors import TargetError
+from orgrunner.errors import SafetyRefusal, TargetError
 
 SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")
 MAX_SESSION_NAME = 64
@@ -28,10 +29,11 @@ def _clean(text: str, limit: int) -> str:
     return SESSION_NAME_CHARS.sub("-", text)[:limit].strip("-") or "orgrunner"
 
 
-def session_name(operator: str, task_name: str) -> str:
-    """`orgrunner.<task>.<operator>` within AWS's 64 characters of `[\\w+=,.@-]`; the task
-    survives truncation, the operator's tail is cut first."""
-    head = f"or.{task_name}."
+def session_name(operator: str, task_name: str, run_id: str = "") -> str:
+    """`or.<task>.<run>.<operator>` within AWS's 64 characters of `[\\w+=,.@-]`, so CloudTrail in the
+    member account shows task, run and operator; the operator's tail is cut first."""
+    run = run_id.rsplit("-", 1)[-1]
+    head = f"or.{task_name}.{run}." if run else f"or.{task_name}."
     return _clean(head + operator, MAX_SESSION_NAME)
 
 
@@ -53,6 +55,64 @@ class _RoleCredentials(botocore.credentials.RefreshableCredentials):
         self._advisory_refresh_timeout = min(15 * 60, duration // 4)
         self._mandatory_refresh_timeout = min(10 * 60, duration // 8)
         super().__init__(**kwargs)
+
+
+def assume(sts: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """One AssumeRole call; credentials as botocore's refreshable metadata. Errors name the role."""
+    try:
+        creds = aws.call(sts, "assume_role", **params)["Credentials"]
+    except ClientError as exc:
+        raise TargetError(
+            f"cannot assume {params['RoleArn']}: {aws.error_code(exc)}: "
+            f"{exc.response.get('Error', {}).get('Message', '')}"
+        ) from None
+    expiry = creds["Expiration"]
+    if isinstance(expiry, datetime):
+        expiry = expiry.astimezone(UTC).isoformat()
+    return {
+        "access_key": creds["AccessKeyId"],
+        "secret_key": creds["SecretAccessKey"],
+        "token": creds["SessionToken"],
+        "expiry_time": expiry,
+    }
+
+
+def refreshable_session(metadata: dict[str, Any], duration: int,
+                        refresh: Callable[[], dict[str, Any]]) -> aws.Session:
+    creds = _RoleCredentials(
+        duration=duration,
+        access_key=metadata["access_key"],
+        secret_key=metadata["secret_key"],
+        token=metadata["token"],
+        expiry_time=datetime.fromisoformat(metadata["expiry_time"]),
+        refresh_using=refresh,
+        method="sts-assume-role",
+    )
+    return aws.Session.from_credentials(creds)
+
+
+def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
+                     mfa_serial: str | None = None, mfa_token: Callable[[], str] | None = None) -> aws.Session:
+    """The first hop: assume the operator's own role (with MFA if given) from the base credentials.
+
+    Without MFA the session refreshes itself; with MFA a refresh would need a new token, so the
+    run must end within `duration` (the error then says so)."""
+    sts = base.client("sts", aws.HOME_REGION)
+    params: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": duration}
+    if mfa_serial:
+        params["SerialNumber"] = mfa_serial
+        params["TokenCode"] = mfa_token() if mfa_token else ""
+    try:
+        metadata = assume(sts, params)
+    except TargetError as exc:
+        raise SafetyRefusal(f"operator role: {exc}") from None
+
+    def refresh() -> dict[str, Any]:
+        if mfa_serial:
+            raise SafetyRefusal(f"the MFA session for {role_arn} expired; run again with a new token")
+        return assume(sts, params)
+
+    return refreshable_session(metadata, duration, refresh)
 
 
 @dataclass(frozen=True)
@@ -95,22 +155,7 @@ class RoleAssumer:
             params["ExternalId"] = req.external_id
         with self._guard:
             self.assume_calls += 1
-        try:
-            creds = aws.call(self._sts, "assume_role", **params)["Credentials"]
-        except ClientError as exc:
-            raise TargetError(
-                f"cannot assume {params['RoleArn']}: {aws.error_code(exc)}: "
-                f"{exc.response.get('Error', {}).get('Message', '')}"
-            ) from None
-        expiry = creds["Expiration"]
-        if isinstance(expiry, datetime):
-            expiry = expiry.astimezone(UTC).isoformat()
-        return {
-            "access_key": creds["AccessKeyId"],
-            "secret_key": creds["SecretAccessKey"],
-            "token": creds["SessionToken"],
-            "expiry_time": expiry,
-        }
+        return assume(self._sts, params)
 
     def session(self, account_id: str) -> aws.Session:
         """The account's session; the first caller assumes the role, later ones reuse it."""
@@ -119,17 +164,8 @@ class RoleAssumer:
         with lock:
             cached = self._cache.get(account_id)
             if cached is None:
-                metadata = self._assume(account_id)
-                creds = _RoleCredentials(
-                    duration=self._request.duration,
-                    access_key=metadata["access_key"],
-                    secret_key=metadata["secret_key"],
-                    token=metadata["token"],
-                    expiry_time=datetime.fromisoformat(metadata["expiry_time"]),
-                    refresh_using=lambda: self._assume(account_id),
-                    method="sts-assume-role",
-                )
-                cached = aws.Session.from_credentials(creds)
+                cached = refreshable_session(self._assume(account_id), self._request.duration,
+                                             lambda: self._assume(account_id))
                 self._cache[account_id] = cached
             return cached
 

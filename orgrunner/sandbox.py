@@ -1,0 +1,271 @@
+"""A local emulated AWS Organization (moto in server mode) for trying orgrunner without AWS.
+
+`start_emulator` runs moto as a separate process (``python -m orgrunner.sandbox serve-moto``),
+`seed_organization` fills it with an organization whose members have permissive default
+security groups, and `sandbox_environment` gives the variables a shell needs to use it.
+moto is imported only inside the child process, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import boto3
+import botocore.session
+
+SANDBOX_ENV_CREDENTIALS: dict[str, str] = {
+    # Fake temporary credentials; moto maps any unknown key to its default account 123456789012.
+    "AWS_ACCESS_KEY_ID": "ASIASANDBOXEXAMPLE01",
+    "AWS_SECRET_ACCESS_KEY": "sandbox-secret-access-key-not-a-secret",
+    "AWS_SESSION_TOKEN": "sandbox-session-token-not-a-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+_READY_TIMEOUT_S = 30.0
+_PERMISSIVE_INGRESS: list[dict[str, Any]] = [
+    {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    {"IpProtocol": "tcp", "FromPort": 3389, "ToPort": 3389, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+]
+
+
+@dataclass
+class Emulator:
+    """A running emulator process serving every AWS service at `url`."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    _stderr: IO[bytes] = field(repr=False)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError as error:
+        error.close()
+        return True  # any HTTP answer means the server is up
+    except OSError:
+        return False
+
+
+def start_emulator(
+    port: int = 0, *, wsgi_wrapper: str | None = None, extra_env: dict[str, str] | None = None
+) -> Emulator:
+    """Start moto's server in a child process and wait until it answers.
+
+    `wsgi_wrapper` ("module:callable") wraps moto's WSGI app in the child; `extra_env` is
+    added to the child's environment (e.g. PYTHONPATH so it can import the wrapper).
+    """
+    port = port or _free_port()
+    env = {**os.environ, **(extra_env or {}), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "orgrunner.sandbox", "serve-moto", "--port", str(port)]
+    if wsgi_wrapper:
+        cmd += ["--wrapper", wsgi_wrapper]
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the Emulator, closed by stop())
+    process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    emulator = Emulator(url=f"http://127.0.0.1:{port}", port=port, process=process, _stderr=stderr)
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not _answers(f"{emulator.url}/moto-api/"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-3000:]
+            emulator.stop()
+            raise RuntimeError(f"emulator on port {port} did not start (exit {process.returncode}):\n{tail}")
+        time.sleep(0.05)
+    return emulator
+
+
+def _serve_moto(port: int, wrapper: str | None) -> None:
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app: Callable[..., Any] = DomainDispatcherApplication(create_backend_app)
+    if wrapper:
+        module_name, _, attr = wrapper.partition(":")
+        app = getattr(importlib.import_module(module_name), attr)(app)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+    server.serve_forever()
+
+
+@dataclass
+class SandboxOrg:
+    management_account_id: str
+    organization_id: str
+    root_id: str
+    ous: dict[str, str]  # OU name -> OU id
+    accounts: dict[str, str]  # account name -> account id (ACTIVE members)
+    suspended_account_id: str
+    regions: tuple[str, ...]
+
+
+# OU name -> parent OU name (None: the root); parents listed before children.
+_OU_TREE: dict[str, str | None] = {
+    "Workloads": None,
+    "Prod": "Workloads",
+    "NonProd": "Workloads",
+    "Sandbox": "NonProd",
+    "Security": None,
+}
+# (name prefix, OU, env tag, team tag), cycled after the first account "security-audit".
+_ACCOUNT_KINDS = [
+    ("prod-app", "Prod", "prod", "payments"),
+    ("dev-app", "NonProd", "dev", "payments"),
+    ("sandbox", "Sandbox", "dev", "research"),
+]
+
+
+def _account_plan(member_count: int) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, OU, tags) for each member account."""
+    plan = [("security-audit", "Security", {"env": "prod", "team": "security"})]
+    for i in range(member_count - 1):
+        prefix, ou, env, team = _ACCOUNT_KINDS[i % len(_ACCOUNT_KINDS)]
+        plan.append((f"{prefix}-{i // len(_ACCOUNT_KINDS) + 1}", ou, {"env": env, "team": team}))
+    return plan[:member_count]
+
+
+def _open_default_security_group(ec2: Any) -> None:
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    filters = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "group-name", "Values": ["default"]}]
+    group = ec2.describe_security_groups(Filters=filters)["SecurityGroups"][0]
+    # moto's default group lacks AWS's self-referencing ingress rule: add it too.
+    self_rule = {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group["GroupId"]}]}
+    ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[self_rule, *_PERMISSIVE_INGRESS])
+
+
+@functools.cache
+def _botocore_session() -> botocore.session.Session:
+    """One botocore session for every seeding, so service models are parsed once."""
+    return botocore.session.get_session()
+
+
+def seed_organization(
+    endpoint_url: str, *, member_count: int = 8, regions: tuple[str, ...] = ("us-east-1", "eu-west-1")
+) -> SandboxOrg:
+    """Create an organization with nested OUs, tagged members and one SUSPENDED account, and open
+    the default security group of every member's default VPC in `regions`."""
+    session = boto3.session.Session(
+        botocore_session=_botocore_session(),
+        aws_access_key_id=SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=SANDBOX_ENV_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=SANDBOX_ENV_CREDENTIALS["AWS_SESSION_TOKEN"],
+        region_name=SANDBOX_ENV_CREDENTIALS["AWS_DEFAULT_REGION"],
+    )
+    orgs = session.client("organizations", endpoint_url=endpoint_url)
+    org = orgs.create_organization(FeatureSet="ALL")["Organization"]
+    root_id: str = orgs.list_roots()["Roots"][0]["Id"]
+    ous: dict[str, str] = {}
+    for name, parent in _OU_TREE.items():
+        parent_id = ous[parent] if parent else root_id
+        ous[name] = orgs.create_organizational_unit(ParentId=parent_id, Name=name)["OrganizationalUnit"]["Id"]
+
+    def create(name: str, ou: str, tags: dict[str, str]) -> str:
+        status = orgs.create_account(
+            AccountName=name,
+            Email=f"{name}@sandbox.example",
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
+        account_id: str = status["CreateAccountStatus"]["AccountId"]
+        orgs.move_account(AccountId=account_id, SourceParentId=root_id, DestinationParentId=ous[ou])
+        return account_id
+
+    accounts = {name: create(name, ou, tags) for name, ou, tags in _account_plan(member_count)}
+    suspended_account_id = create("retired-1", "Prod", {"env": "prod", "team": "payments"})
+    orgs.close_account(AccountId=suspended_account_id)
+
+    sts = session.client("sts", endpoint_url=endpoint_url)
+    ec2_clients = []
+    for account_id in accounts.values():
+        role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="orgrunner-sandbox-seed")["Credentials"]
+        ec2_clients += [
+            session.client(
+                "ec2",
+                region_name=region,
+                endpoint_url=endpoint_url,
+                aws_access_key_id=creds["AccessKeyId"],
+                aws_secret_access_key=creds["SecretAccessKey"],
+                aws_session_token=creds["SessionToken"],
+            )
+            for region in regions
+        ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(_open_default_security_group, ec2_clients))
+    return SandboxOrg(
+        management_account_id=org["MasterAccountId"],
+        organization_id=org["Id"],
+        root_id=root_id,
+        ous=ous,
+        accounts=accounts,
+        suspended_account_id=suspended_account_id,
+        regions=regions,
+    )
+
+
+def sandbox_environment(url: str) -> dict[str, str]:
+    """Environment variables pointing the AWS SDKs and CLI at the emulator at `url`."""
+    return {"AWS_ENDPOINT_URL": url, **SANDBOX_ENV_CREDENTIALS}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orgrunner.sandbox")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve-moto", help="serve moto's emulated AWS on 127.0.0.1")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--wrapper", help="module:callable taking and returning a WSGI app")
+    args = parser.parse_args(argv)
+    _serve_moto(args.port, args.wrapper)
+
+
+if __name__ == "__main__":
+    main()
