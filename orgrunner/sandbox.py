@@ -9,8 +9,11 @@ moto is imported only inside the child process, so this module imports without i
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import importlib
+import importlib.util
+import json
 import logging
 import os
 import socket
@@ -255,6 +258,75 @@ def seed_organization(
 def sandbox_environment(url: str) -> dict[str, str]:
     """Environment variables pointing the AWS SDKs and CLI at the emulator at `url`."""
     return {"AWS_ENDPOINT_URL": url, **SANDBOX_ENV_CREDENTIALS}
+
+
+def state_file() -> Path:
+    """Where a running `orgrunner sandbox serve` records its address."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "orgrunner" / "sandbox.json"
+
+
+def _point_environment_at(url: str) -> None:
+    """Point this process's AWS SDK at the emulator, and away from any real credentials."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        del os.environ[name]
+    missing = str(Path(tempfile.gettempdir()) / "orgrunner-sandbox-no-aws-config")
+    os.environ.update(sandbox_environment(url))
+    os.environ.update({"AWS_CONFIG_FILE": missing, "AWS_SHARED_CREDENTIALS_FILE": missing,
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+
+
+def _require_moto() -> None:
+    if importlib.util.find_spec("moto") is None:
+        from orgrunner.errors import InputError
+
+        raise InputError("the sandbox needs moto: pip install 'orgrunner[sandbox]'")
+
+
+def activate() -> None:
+    """For `orgrunner --sandbox ...`: use the running `sandbox serve` if there is one, else start
+    a fresh emulated organization for this command only (stopped when the command ends)."""
+    path = state_file()
+    if path.is_file():
+        try:
+            url = str(json.loads(path.read_text())["url"])
+        except (OSError, ValueError, KeyError):
+            url = ""
+        if url and _answers(f"{url}/moto-api/"):
+            print(f"sandbox: using the emulated organization at {url}", file=sys.stderr)
+            _point_environment_at(url)
+            return
+    _require_moto()
+    print("sandbox: starting a fresh emulated organization for this command "
+          "(`orgrunner sandbox serve` keeps one between commands)", file=sys.stderr)
+    emulator = start_emulator()
+    atexit.register(emulator.stop)
+    seed_organization(emulator.url)
+    _point_environment_at(emulator.url)
+
+
+def serve(port: int = 0) -> None:
+    """Start and seed the emulated organization, print the environment to use it, and wait."""
+    _require_moto()
+    with start_emulator(port) as emulator:
+        org = seed_organization(emulator.url)
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"url": emulator.url, "pid": os.getpid()}))
+        try:
+            print(f"# sandbox organization {org.organization_id}: management account {org.management_account_id}, "
+                  f"{len(org.accounts)} members, regions {', '.join(org.regions)}")
+            print("# `orgrunner --sandbox ...` in any shell now uses it; or point a shell at it with:")
+            for name, value in sandbox_environment(emulator.url).items():
+                print(f"export {name}={value}")
+            print("# Ctrl-C stops it.", flush=True)
+            while emulator.process.poll() is None:
+                time.sleep(0.5)
+            print("sandbox: the emulator stopped", file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,110 @@
+"""The tests' handle on the running emulator, and boto3 client helpers for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+
+from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, sandbox_environment
+
+
+def strip_s3control_account_host(request: Any, **_: Any) -> None:
+    """botocore `before-sign.s3-control.*` hook: s3control prefixes the host with the account id
+    ("123456789012.127.0.0.1:5000"), which does not resolve locally; drop that prefix."""
+    parts = urlsplit(request.url)
+    request.url = parts._replace(netloc=re.sub(r"^\d{12}\.", "", parts.netloc)).geturl()
+
+
+def aws_client(endpoint_url: str, service: str, region: str = "us-east-1", **credentials: str) -> Any:
+    """A boto3 client for the emulator; `credentials` are boto3.client's aws_* keywords
+    (default: the sandbox management account's)."""
+    credentials = credentials or {
+        "aws_access_key_id": SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": SANDBOX_ENV_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "aws_session_token": SANDBOX_ENV_CREDENTIALS["AWS_SESSION_TOKEN"],
+    }
+    client = boto3.client(service, region_name=region, endpoint_url=endpoint_url, **credentials)
+    client.meta.events.register("before-sign.s3-control.*", strip_s3control_account_host)
+    return client
+
+
+def assume_role(endpoint_url: str, account_id: str, **kwargs: Any) -> dict[str, str]:
+    """boto3.client keywords for credentials of OrganizationAccountAccessRole in `account_id`,
+    assumed from the management account (`kwargs` go to AssumeRole, e.g. Policy)."""
+    kwargs.setdefault("RoleSessionName", "emulator-tests")
+    role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+    creds = aws_client(endpoint_url, "sts").assume_role(RoleArn=role_arn, **kwargs)["Credentials"]
+    return {
+        "aws_access_key_id": creds["AccessKeyId"],
+        "aws_secret_access_key": creds["SecretAccessKey"],
+        "aws_session_token": creds["SessionToken"],
+    }
+
+
+def member_client(emulator_url: str, account_id: str, service: str, region: str = "us-east-1") -> Any:
+    """A boto3 client acting in member `account_id` (OrganizationAccountAccessRole)."""
+    return aws_client(emulator_url, service, region, **assume_role(emulator_url, account_id))
+
+
+class EmulatorClient:
+    """Controls the emulator's test middleware (tests/emulator/middleware.py) over HTTP."""
+
+    def __init__(self, url: str, scratch: Path) -> None:
+        self.url = url
+        self.scratch = scratch  # holds the (nonexistent) AWS config and credentials files
+
+    def _call(self, method: str, path: str, data: Any = None) -> Any:
+        body = None if data is None else json.dumps(data).encode()
+        request = urllib.request.Request(f"{self.url}/_emulator/{path}", data=body, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            with error:
+                raise RuntimeError(f"emulator {method} {path}: {error.code} {error.read().decode()}") from None
+
+    def reset(self) -> None:
+        self._call("POST", "reset")
+
+    def requests(self, service: str | None = None, operation: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self._call("GET", "requests")
+            if service in (None, r["service"]) and operation in (None, r["operation"])
+        ]
+
+    def add_rule(self, **rule: Any) -> int:
+        """Match on service/operation/account/target_account/region (fnmatch patterns); then
+        answer code/message/status (default 400) and/or add latency_ms; times, probability."""
+        rule_id: int = self._call("POST", "rules", rule)["id"]
+        return rule_id
+
+    def clear_rules(self) -> None:
+        self._call("DELETE", "rules")
+
+    def set_latency(self, ms: float) -> None:
+        self._call("POST", "latency", {"ms": ms})
+
+    def enforce_session_policies(self, on: bool) -> None:
+        self._call("POST", "enforce-session-policies", {"enabled": on})
+
+    def aws_env(self) -> dict[str, str]:
+        """The AWS variables that point an SDK at the emulator and away from ~/.aws."""
+        return {
+            **sandbox_environment(self.url),
+            "AWS_CONFIG_FILE": str(self.scratch / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.scratch / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def env(self) -> dict[str, str]:
+        """A full environment for a subprocess run against the emulator (no other AWS_* set)."""
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **self.aws_env()}
