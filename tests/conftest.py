@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orgrunner.sandbox import SandboxOrg, seed_organization, start_emulator
+from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +37,9 @@ def emulator(_emulator_session: EmulatorClient, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def org(emulator: EmulatorClient) -> SandboxOrg:
     return seed_organization(emulator.url)
+
+
+@pytest.fixture
+def cli(emulator: EmulatorClient, tmp_path: Path) -> Cli:
+    """The installed orgrunner command, run against the emulator from a scratch folder."""
+    return Cli(emulator, tmp_path)
