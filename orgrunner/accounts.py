@@ -78,7 +78,9 @@ class Selection:
     targets: list[Account]
     skipped: list[tuple[Account, str]]
     management_account_id: str
-    protected: dict[str, str] = field(default_factory=dict)  # targets opened by --include-protected: id -> name
+    # targets opened by --include-protected (id -> name): they need their own confirmation
+    protected: dict[str, str] = field(default_factory=dict)
+    organization_id: str = ""  # targets opened by --include-protected: id -> name
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class Organization:
 
     def select(self, selectors: Selectors, protection: Protection = Protection()) -> Selection:
         selectors.validate()
-        management_id = str(self.describe()["MasterAccountId"])
+        org = self.describe()
+        management_id = str(org["MasterAccountId"])
         accounts = self.accounts()
         by_id = {a.id: a for a in accounts}
         for account_id in selectors.accounts:
@@ -174,7 +177,8 @@ class Organization:
                     protected[account.id] = account.name
             else:
                 skipped.append((account, reason))
-        return Selection(targets=targets, skipped=skipped, management_account_id=management_id, protected=protected)
+        return Selection(targets=targets, skipped=skipped, management_account_id=management_id, protected=protected,
+                         organization_id=str(org["Id"]))
 
     @staticmethod
     def _exclusion(account: Account, selectors: Selectors, protection: Protection, management_id: str) -> str | None:

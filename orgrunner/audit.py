@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from datetime import UTC, datetime
@@ -24,11 +23,6 @@ _SECRET = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b|[A-Za-z0-9/+=]{80,}")
 
 def scrub(text: str) -> str:
     return _SECRET.sub("[redacted]", text)
-
-
-def default_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "orgrunner" / "audit.jsonl"
 
 
 def now() -> str:

@@ -9,47 +9,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import sys
-import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from orgrunner import __version__, aws
+from orgrunner import __version__, aws, journal
 from orgrunner.accounts import Organization, Selection, Selectors, parse_tags
-from orgrunner.audit import AuditLog, default_path, scrub
-from orgrunner.confirm import (
-    Armed,
-    confirm_interactive,
-    confirm_listed,
-    confirm_protected,
-    confirm_unguarded,
-    parse_account_list,
-)
-from orgrunner.credentials import (
-    RoleAssumer,
-    RoleRequest,
-    operator_name,
-    operator_session,
-    session_name,
-    source_identity,
-)
+from orgrunner.audit import scrub
+from orgrunner.confirm import parse_account_list
+from orgrunner.credentials import operator_name, operator_session, session_name, source_identity
+from orgrunner.doctor import check_roles
 from orgrunner.errors import EXIT_INTERRUPTED, InputError, OrgrunnerError, SafetyRefusal
 from orgrunner.identity import Caller, base_session, resolve_caller
-from orgrunner.policy import render, session_policy
-from orgrunner.report import Reporter
-from orgrunner.runner import Outcome, Runner
-from orgrunner.settings import Settings, config_dir, load_settings
-from orgrunner.task import Change, Target, Task, configure, load_tasks
+from orgrunner.pipeline import Confirmation, Pipeline, RunOptions
+from orgrunner.planfile import load as load_plan
+from orgrunner.policy import session_policy
+from orgrunner.settings import Settings, config_dir, load_settings, state_dir
+from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
+from orgrunner.undo import reversal
 
 ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; "
-    "3 refused by a safety rule; 70 internal error; 130 interrupted."
+    "3 refused by a safety rule; 4 changes pending (--fail-on-changes); 70 internal error; "
+    "75 another run holds the lock; 130 interrupted."
 )
 
 app = typer.Typer(
@@ -261,40 +247,66 @@ def describe(
         print(json.dumps(session_policy(cls, phase), indent=2))
 
 
-@app.command()
-def run(
-    task: Annotated[str, typer.Argument(help="Task name (see `orgrunner tasks`).")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; nothing is written. The default.")] = False,
-    arm: Annotated[bool, typer.Option("--arm", help="Plan, confirm, then apply exactly the planned changes.")] = False,
-    confirm_accounts: Annotated[str | None, typer.Option(
-        "--confirm-accounts", help="Confirm non-interactively: the account ids (comma separated) you approve; "
-        "must include every account with planned changes.")] = None,
-    account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
-    include_management: MgmtOpt = False, include_protected: ProtOpt = False,
-    region: Annotated[list[str] | None, typer.Option("--region", help="Only this region (repeatable) "
-                                                     "[default: every region enabled in each account].")] = None,
-    role_name: Annotated[str | None, typer.Option("--role-name", help="Role to assume in each account "
-                                                  "[default: OrganizationAccountAccessRole].")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="Parallel workers [default: 16].")] = None,
-    profile: Profile = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write one JSON line per account x region.",
-                                                dir_okay=False)] = None,
-    audit_log: Annotated[Path | None, typer.Option("--audit-log", help="Audit log file "
-                                                   "[default: ~/.local/state/orgrunner/audit.jsonl].")] = None,
-    allow_long_term: Annotated[bool, typer.Option("--allow-long-term-credentials",
-                                                  help="Allow an armed run with long-term access keys.")] = False,
-    confirm_protected: Annotated[str | None, typer.Option(
-        "--confirm-protected", help="With --include-protected, non-interactively: the ids of the protected "
-        "accounts with planned changes.")] = None,
-    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
-    config: ConfigOpt = None,
-    tasks_dir: TasksDirOpt = None,
-) -> None:
-    """Plan a task across the organization (dry run), or with --arm apply it after confirmation."""
-    if dry_run and arm:
-        raise InputError("--dry-run and --arm exclude each other")
-    # Everything the user typed is checked before any AWS call.
-    chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
+FormatOpt = Annotated[str, typer.Option("--format", help="text, or json: one machine-readable summary on "
+                                        "stdout (the per-target lines go to stderr).")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write one JSON line per account x region.",
+                                                dir_okay=False)]
+AuditOpt = Annotated[Path | None, typer.Option("--audit-log", help="Audit log file "
+                                               "[default: ~/.local/state/orgrunner/audit.jsonl].")]
+ConfirmOpt = Annotated[str | None, typer.Option(
+    "--confirm-accounts", help="Confirm non-interactively: the account ids (comma separated) you approve; "
+    "must include every account with planned changes, and only targets of the run.")]
+ConfirmProtOpt = Annotated[str | None, typer.Option(
+    "--confirm-protected", help="With --include-protected, non-interactively: the ids of the protected "
+    "accounts with planned changes.")]
+LongTermOpt = Annotated[bool, typer.Option("--allow-long-term-credentials",
+                                           help="Allow an armed run with long-term access keys.")]
+LockOpt = Annotated[float, typer.Option("--wait-for-lock", help="Wait up to SECONDS for another run of the "
+                                        "same task and organization to finish [default: 0, exit 75 at once].",
+                                        min=0)]
+RoleNameOpt = Annotated[str | None, typer.Option("--role-name", help="Role to assume in each account "
+                                                 "[default: OrganizationAccountAccessRole].")]
+ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", help="Parallel workers [default: 16].")]
+RegionOpt = Annotated[list[str] | None, typer.Option("--region", help="Only this region (repeatable) "
+                                                     "[default: every region enabled in each account].")]
+
+
+@dataclass
+class Common:
+    """What `run`, `apply` and `undo` share: settings, credentials, selection, options."""
+
+    settings: Settings
+    hop: Hop
+    selectors: Selectors
+    regions: list[str] | None
+    options: RunOptions
+    allow_long_term: bool
+
+    def execute(self, task: Task) -> None:
+        session, caller = caller_session(self.hop)
+        if caller.long_term:
+            if self.options.arm and not self.allow_long_term:
+                raise SafetyRefusal("armed runs refuse long-term access keys (AKIA...); use temporary credentials "
+                                    "(SSO, an assumed role) or pass --allow-long-term-credentials")
+            err("warning: long-term access keys (AKIA...) in use; prefer temporary credentials")
+        selection = Organization(session).select(self.selectors, self.settings.protection())
+        print_selection(selection)
+        if not selection.targets:
+            err("no accounts match the selectors; nothing to do")
+            return
+        code = Pipeline(task, self.settings, session, caller, selection, self.selectors, self.regions,
+                        self.options).execute()
+        if code:
+            raise typer.Exit(code)
+
+
+def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | None, chosen: Selectors,
+           region: list[str] | None, config: Path | None, hop: Hop, output: str, report: Path | None,
+           audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
+           role_name: str | None = None, concurrency: int | None = None) -> Common:
+    """Check everything the user typed, before any AWS call."""
+    if output not in ("text", "json"):
+        raise InputError(f"--format {output!r}: expected text or json")
     confirmed = parse_account_list(confirm_accounts) if confirm_accounts is not None else None
     protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
     if (confirmed is not None or protected_ok is not None) and not arm:
@@ -302,145 +314,163 @@ def run(
     settings = load_settings(config, role_name=role_name, concurrency=concurrency, audit_log=audit_log)
     regions = validate_regions(region) if region else (
         validate_regions(settings.regions) if settings.regions else None)
-    task_cls = load_tasks(tasks_dir).get(task)
-    instance = configure(task_cls, config_dir(config))
+    hop.duration = settings.session_duration
+    options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok), report=report,
+                         output_format="json" if output == "json" else "text", wait_for_lock=wait_for_lock,
+                         command=command)
+    return Common(settings, hop, chosen, regions, options, allow_long_term)
 
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="Task name (see `orgrunner tasks`).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; nothing is written. The default.")] = False,
+    arm: Annotated[bool, typer.Option("--arm", help="Plan, confirm, then apply exactly the planned changes.")] = False,
+    confirm_accounts: ConfirmOpt = None,
+    account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
+    include_management: MgmtOpt = False, include_protected: ProtOpt = False,
+    region: RegionOpt = None,
+    role_name: RoleNameOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    output: FormatOpt = "text",
+    report: ReportOpt = None,
+    plan_out: Annotated[Path | None, typer.Option("--plan-out", help="Save the plan (dry run) for review and "
+                                                  "`orgrunner apply`.", dir_okay=False)] = None,
+    fail_on_changes: Annotated[bool, typer.Option("--fail-on-changes", help="A dry run exits 4 when anything "
+                                                  "would change (drift detection).")] = False,
+    wait_for_lock: LockOpt = 0,
+    audit_log: AuditOpt = None,
+    allow_long_term: LongTermOpt = False,
+    confirm_protected: ConfirmProtOpt = None,
+    profile: Profile = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
+    config: ConfigOpt = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Plan a task across the organization (dry run, the default), or with --arm apply it after
+    the typed confirmation.
+
+    Exit codes: 0 success; 1 targets failed; 2 bad input; 3 refused by safety; 4 changes pending
+    (--fail-on-changes); 75 another run holds the lock; 130 interrupted.
+    """
+    if dry_run and arm:
+        raise InputError("--dry-run and --arm exclude each other")
+    if plan_out is not None and arm:
+        raise InputError("--plan-out saves a dry run's plan; apply it later with `orgrunner apply`")
+    if fail_on_changes and arm:
+        raise InputError("--fail-on-changes is for dry runs")
+    chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
+    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+                    region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
+                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
+                    allow_long_term=allow_long_term, command="run", role_name=role_name, concurrency=concurrency)
+    shared.options.plan_out = plan_out
+    shared.options.fail_on_changes = fail_on_changes
+    task_cls = load_tasks(tasks_dir).get(task)
+    shared.execute(configure(task_cls, config_dir(config)))
+
+
+@app.command()
+def apply(
+    plan_file: Annotated[Path, typer.Argument(help="A plan saved by `run --dry-run --plan-out`.", dir_okay=False)],
+    confirm_accounts: ConfirmOpt = None,
+    confirm_protected: ConfirmProtOpt = None,
+    include_protected: ProtOpt = False,
+    concurrency: ConcurrencyOpt = None,
+    output: FormatOpt = "text",
+    report: ReportOpt = None,
+    wait_for_lock: LockOpt = 0,
+    audit_log: AuditOpt = None,
+    allow_long_term: LongTermOpt = False,
+    profile: Profile = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
+    config: ConfigOpt = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Apply a saved plan: plan again live, and apply only if the live plan equals the saved one
+    for every target (any drift refuses the whole apply, exit 3), after the usual confirmation."""
+    saved = load_plan(plan_file)
+    targets = saved.accounts
+    if not targets:
+        raise InputError(f"{plan_file}: the plan has no targets")
+    chosen = selectors(targets, None, None, None, include_management=True, include_protected=include_protected)
+    shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+                    region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
+                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
+                    allow_long_term=allow_long_term, command="apply", role_name=saved.role_name,
+                    concurrency=concurrency)
+    shared.options.expected = saved
+    task_cls = load_tasks(tasks_dir).get(saved.task)
+    shared.execute(configure(task_cls, config_dir(config)))
+
+
+@app.command()
+def undo(
+    run_id: Annotated[str, typer.Argument(help="The run whose applied changes to reverse (see the audit log).")],
+    arm: Annotated[bool, typer.Option("--arm", help="Apply the reversal after the typed confirmation.")] = False,
+    account: AccountOpt = None,
+    confirm_accounts: ConfirmOpt = None,
+    confirm_protected: ConfirmProtOpt = None,
+    include_protected: ProtOpt = False,
+    output: FormatOpt = "text",
+    report: ReportOpt = None,
+    wait_for_lock: LockOpt = 0,
+    audit_log: AuditOpt = None,
+    allow_long_term: LongTermOpt = False,
+    role_name: RoleNameOpt = None,
+    profile: Profile = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
+    config: ConfigOpt = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Reverse what a run applied, from its journal: a dry run by default; with --arm, restore
+    after the typed confirmation. What has changed again since the run is left alone, and said."""
+    task_name, _version, applied = journal.read(state_dir(), run_id)
+    chosen = selectors(account, None, None, None, include_management=True, include_protected=include_protected)
+    applied = [c for c in applied if not chosen.accounts or c.account_id in chosen.accounts]
+    if not applied:
+        raise InputError(f"run {run_id}: applied nothing" + (" in the given accounts" if chosen.accounts else ""))
+    chosen.accounts = sorted({c.account_id for c in applied})
+    regions = sorted({c.region for c in applied if c.region != GLOBAL_REGION}) or None
+    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+                    region=regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
+                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
+                    allow_long_term=allow_long_term, command=f"undo {run_id}", role_name=role_name)
+    task_cls = load_tasks(tasks_dir).get(task_name)
+    shared.execute(reversal(configure(task_cls, config_dir(config)), applied))
+
+
+@app.command()
+def doctor(
+    account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
+    include_management: MgmtOpt = False, include_protected: ProtOpt = False,
+    role_name: RoleNameOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    profile: Profile = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check that the role can be assumed in every targeted account; list where it cannot and why.
+    Exit 1 when any account fails."""
+    chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
+    settings = load_settings(config, role_name=role_name, concurrency=concurrency)
     session, caller = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token,
                                          settings.session_duration))
-    if caller.long_term:
-        if arm and not allow_long_term:
-            raise SafetyRefusal("armed runs refuse long-term access keys (AKIA...); use temporary credentials "
-                                "(SSO, an assumed role) or pass --allow-long-term-credentials")
-        err("warning: long-term access keys (AKIA...) in use; prefer temporary credentials")
     selection = Organization(session).select(chosen, settings.protection())
     print_selection(selection)
-    if not selection.targets:
-        err("no accounts match the selectors; nothing to do")
-        return
-
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    audit = AuditLog(settings.audit_log or default_path(), run_id)
-    reporter = Reporter(task_cls.name, run_id, sys.stdout, audit, report)
-    mode = "armed" if arm else "dry-run"
     operator = operator_name(caller.arn)
-    identity = RunIdentity(run_id, session_name(operator, task_cls.name, run_id), source_identity(operator))
-    audit.event("run-start", task=task_cls.name, mode=mode, operator=caller.arn, account=caller.account_id,
-                credentials=caller.kind, selectors=chosen.to_dict(), regions=regions,
-                role_name=settings.role_name, role_session_name=identity.session_name,
-                source_identity=identity.source_identity, targets=[a.id for a in selection.targets])
-    err(f"run {run_id}: {task_cls.name} ({mode}) over {len(selection.targets)} account(s), "
-        f"role {settings.role_name}")
-    status = "interrupted"
-    stop = threading.Event()
-    try:
-        failed = execute(instance, settings, session, identity, selection, regions, arm,
-                         Confirmation(confirmed, protected_ok), reporter, stop)
-        status = "failed" if failed else "ok"
-        if failed:
-            raise typer.Exit(1)
-    except KeyboardInterrupt:
-        stop.set()
-        err("interrupted: no new targets started; results so far are in the report and audit log")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except OrgrunnerError as exc:
-        status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
-        raise
-    finally:
-        audit.event("run-end", task=task_cls.name, mode=mode, status=status,
-                    plan=_tally(reporter, "plan"), apply=_tally(reporter, "apply"))
-        reporter.close()
-        audit.close()
-
-
-def _tally(reporter: Reporter, phase: str) -> dict[str, Any]:
-    t = reporter.tallies[phase]
-    return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
-            "accounts_with_changes": len(t.accounts_with_changes), "outcomes": t.outcomes}
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    run_id: str
-    session_name: str
-    source_identity: str
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """What the operator stated on the command line (None: not given)."""
-
-    accounts: set[str] | None
-    protected: set[str] | None
-
-
-def execute(task: Task, settings: Settings, session: aws.Session, identity: RunIdentity, selection: Selection,
-            regions: list[str] | None, arm: bool, stated: Confirmation, reporter: Reporter,
-            stop: threading.Event) -> bool:
-    """Plan, and if armed confirm and apply. Returns True when any target failed."""
-    cls = type(task)
-
-    def assumer(phase: str) -> RoleAssumer:
-        request = RoleRequest(
-            role_name=settings.role_name,
-            session_name=identity.session_name,
-            source_identity=identity.source_identity,
-            policy=render(session_policy(cls, "apply" if phase == "apply" else "plan")),
-            duration=settings.session_duration,
-            external_id=settings.external_id,
-        )
-        return RoleAssumer(session, request)
-
-    plan: dict[Target, list[Change]] = {}
-    planner = Runner(task, assumer("plan"), settings.concurrency, stop)
-    for result in planner.plan(selection.targets, regions):
-        reporter.result(result)
-        if arm and result.changes:
-            plan[result.target] = list(result.changes)
-    reporter.echo(reporter.plan_summary())
-    plan_failed = reporter.tallies["plan"].failed > 0
-    if not arm:
-        reporter.echo("Dry run: nothing was changed. Run again with --arm to apply.")
-        return plan_failed
-    if not plan:
-        reporter.echo("No planned changes: nothing to apply.")
-        return plan_failed
-
-    armed = confirm(cls, plan, selection, stated)
-    reporter.audit.event("confirmed", task=cls.name, accounts=sorted(armed.accounts))
-
-    def record(target: Target, outcome: Outcome) -> None:
-        reporter.applied({"account": target.account_id, "region": target.region, "status": outcome.status,
-                          "error": outcome.error, "change": outcome.change.to_dict()})
-
-    applier = Runner(task, assumer("apply"), settings.concurrency, stop, on_outcome=record)
-    for result in applier.apply(plan, armed):
-        reporter.result(result)
-    reporter.echo(reporter.apply_summary())
-    return plan_failed or reporter.tallies["apply"].failed > 0
-
-
-def _ask(prompt: str) -> str:
-    print(prompt, end="", file=sys.stderr, flush=True)
-    return sys.stdin.readline()
-
-
-def confirm(cls: type[Task], plan: dict[Target, list[Change]], selection: Selection, stated: Confirmation) -> Armed:
-    """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise."""
-    accounts = {t.account_id for t, changes in plan.items() if changes}
-    interactive = sys.stdin.isatty()
-    protected = {i: n for i, n in selection.protected.items() if i in accounts}
-    confirm_protected(protected, _ask if interactive else None, stated.protected)
-    destructive = any(c.destructive for changes in plan.values() for c in changes)
-    if not destructive:
-        err(f"{cls.name}: every planned change only tightens a setting; --arm is confirmation enough")
-        return confirm_unguarded(cls.name, accounts)
-    if stated.accounts is not None:
-        return confirm_listed(cls.name, accounts, {a.id for a in selection.targets}, stated.accounts)
-    if not interactive:
-        raise SafetyRefusal("an armed run without a terminal needs --confirm-accounts naming the accounts "
-                            f"with planned changes ({len(accounts)}); nothing applied")
-    err(f"{cls.name} will change {len(accounts)} account(s): {', '.join(sorted(accounts))}")
-    return confirm_interactive(cls.name, accounts, _ask)
+    results = check_roles(session, selection.targets, settings, session_name(operator, "doctor"),
+                          source_identity(operator))
+    failed = 0
+    for account_obj, problem in results:
+        if problem:
+            failed += 1
+            print(f"{account_obj.id} {account_obj.name:<30} FAILED: {problem}")
+        else:
+            print(f"{account_obj.id} {account_obj.name:<30} ok")
+    print(f"{len(results) - failed} of {len(results)} account(s) ok; role {settings.role_name}.")
+    if failed:
+        raise typer.Exit(1)
 
 
 # --- sandbox ----------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ Nothing is accumulated here but counters, so memory does not grow with the numbe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +39,8 @@ class Reporter:
         self.audit = audit
         self.tallies: dict[str, Tally] = {"plan": Tally(), "apply": Tally()}
         self._report: IO[str] | None = None
+        self.failed_targets: list[dict[str, str | None]] = []
+        self._advance: Callable[[TargetResult], None] = lambda _: None
         if report_path is not None:
             try:
                 report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,13 +58,18 @@ class Reporter:
         tally.accounts.add(target.account_id)
         tally.regions.add(target.region)
         head = f"{target.account_id} {target.account_name or '-':<20} {target.region:<15}"
+        self._advance(result)
         if result.status == "failed":
             tally.failed += 1
             tally.failed_accounts.add(target.account_id)
+            self.failed_targets.append({"account": target.account_id, "region": target.region,
+                                        "phase": result.phase, "error": result.error})
             self.echo(f"{head} FAILED: {result.error}")
         elif result.status == "skipped":
             tally.skipped += 1
             self.echo(f"{head} skipped: {result.error}")
+        for note in result.notes:
+            self.echo(f"{head} note: {note}")
         if result.phase == "plan":
             self._planned(result, tally, head)
         else:
@@ -94,6 +104,40 @@ class Reporter:
     def applied(self, record: dict[str, Any]) -> None:
         """One applied change, written to the audit log the moment it happens."""
         self.audit.event("applied", task=self.task, **record)
+
+    def tally_dict(self, phase: str) -> dict[str, object]:
+        t = self.tallies[phase]
+        return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
+                "accounts": len(t.accounts), "accounts_with_changes": len(t.accounts_with_changes),
+                "outcomes": dict(t.outcomes)}
+
+    @contextlib.contextmanager
+    def progress(self, phase: str, estimate: int, discovered: Callable[[], int] | None = None) -> Iterator[None]:
+        """A live progress display on stderr, only when stderr is a terminal and the output is text."""
+        if not (sys.stderr.isatty() and self.out is sys.stdout):
+            yield
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        tally = self.tallies[phase]
+        columns = (TextColumn(f"{phase}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[failed]} failed, {task.fields[rate]}/s"), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            job = bar.add_task(phase, total=max(estimate, 1), failed=0, rate="-")
+
+            def advance(_: TargetResult) -> None:
+                total = discovered() if discovered else estimate
+                elapsed = bar.tasks[0].elapsed or 0
+                rate = f"{tally.targets / elapsed:.1f}" if elapsed > 0 else "-"
+                bar.update(job, completed=tally.targets + 1, total=max(total, tally.targets + 1),
+                           failed=tally.failed, rate=rate)
+
+            self._advance = advance
+            try:
+                yield
+            finally:
+                self._advance = lambda _: None
 
     def plan_summary(self) -> str:
         t = self.tallies["plan"]

@@ -48,6 +48,7 @@ class TargetResult:
     changes: tuple[Change, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     error: str | None = None
+    notes: tuple[str, ...] = ()
 
     def record(self, task: str, run_id: str) -> dict[str, Any]:
         """The JSON report line for this target."""
@@ -63,6 +64,7 @@ class TargetResult:
             "outcomes": [{"resource": o.change.resource, "action": o.change.action, "status": o.status,
                           "error": o.error} for o in self.outcomes],
             "error": self.error,
+            "notes": list(self.notes),
         }
 
 
@@ -136,6 +138,8 @@ class Runner:
         self.assumer = assumer
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
+        self.discovered = 0  # targets known so far (accounts expand into regions as they go)
+        self._lock = threading.Lock()
 
     # --- plumbing shared by both phases ----------------------------------------------------
 
@@ -162,6 +166,7 @@ class Runner:
 
     def plan(self, accounts: list[Account], regions: list[str] | None) -> Iterator[TargetResult]:
         pool = _Pool(self.concurrency, self.stop)
+        self.discovered = len(accounts) * (len(regions) if regions else 1)
         for account in accounts:
             pool.submit(self._plan_account, pool, account, regions)
         yield from pool.drain()
@@ -178,6 +183,8 @@ class Runner:
                 pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "failed",
                                               error=describe_error(exc)))
             return
+        with self._lock:
+            self.discovered += len(regions) + len(disabled) - (len(wanted) if wanted else 1)
         for region in disabled:
             pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "skipped",
                                           error="region not enabled in this account"))
@@ -188,14 +195,14 @@ class Runner:
         if self.stop.is_set():
             pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
             return
+        ctx = TaskContext(self.task, target, self._clients(target, "plan"))
         try:
-            ctx = TaskContext(self.task, target, self._clients(target, "plan"))
             changes = tuple(self.task.plan(ctx))
-            result = TargetResult(target, "plan", "ok", changes=changes)
+            result = TargetResult(target, "plan", "ok", changes=changes, notes=tuple(ctx.notes))
         except Skip as exc:
-            result = TargetResult(target, "plan", "skipped", error=str(exc))
+            result = TargetResult(target, "plan", "skipped", error=str(exc), notes=tuple(ctx.notes))
         except Exception as exc:
-            result = TargetResult(target, "plan", "failed", error=describe_error(exc))
+            result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=tuple(ctx.notes))
         pool.results.put(result)
 
     # --- apply -------------------------------------------------------------------------------

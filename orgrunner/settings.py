@@ -55,6 +55,12 @@ class Settings(BaseModel):
         return Protection(ids=frozenset(protected.ids), name_patterns=tuple(protected.name_patterns))
 
 
+def state_dir() -> Path:
+    """orgrunner's state: audit log, journal, locks ($XDG_STATE_HOME/orgrunner)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "orgrunner"
+
+
 def config_path(explicit: Path | None) -> Path | None:
     if explicit is not None:
         return explicit

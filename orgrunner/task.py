@@ -81,6 +81,7 @@ class Task:
     version: ClassVar[str] = "1"
     config_file: ClassVar[str | None] = None
     Config: ClassVar[type[BaseModel] | None] = None
+    undo_actions: ClassVar[tuple[str, ...]] = ()  # what reversing an applied change needs
 
     def __init__(self, config: BaseModel | None = None) -> None:
         self.config = config
@@ -95,6 +96,12 @@ class Task:
         Check that `change.before` still holds first, and raise `Drift` if it does not.
         """
         raise NotImplementedError
+
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        """Changes that reverse `applied` (this target's changes from a run's journal); reads only.
+        What has changed again since is left alone, with a `ctx.note` saying so. `apply` then
+        performs the returned changes like any other."""
+        raise NotImplementedError(f"task {self.name!r} does not support undo")
 
 
 class Drift(Exception):
@@ -116,6 +123,11 @@ class TaskContext:
         self.target = target
         self._clients = clients
         self._cache: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        """A remark for the operator about this target (printed and reported with its result)."""
+        self.notes.append(text)
 
     @property
     def account_id(self) -> str:

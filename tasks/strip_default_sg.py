@@ -9,6 +9,9 @@ that the group is still its VPC's `default` group. Rules removed since the plan 
 rules added since the plan are left for the next plan. Destructive: traffic that relied on the
 rules stops, so it needs `--arm` and the typed confirmation; the audit log and journal keep
 every removed rule in full so that it can be recreated.
+
+Undo (`orgrunner undo RUN_ID`) authorizes the removed rules again, for each group that is still
+as the run left it (no rules); a group that has changed since is left alone and reported.
 """
 
 from __future__ import annotations
@@ -17,50 +20,7 @@ from typing import Any
 
 from orgrunner.aws import call, paginate
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
-
-
-def _rule(rule: dict[str, Any]) -> dict[str, Any]:
-    """A rule as data, with everything needed to recreate it."""
-    keys = ("SecurityGroupRuleId", "IsEgress", "IpProtocol", "FromPort", "ToPort", "CidrIpv4", "CidrIpv6",
-            "PrefixListId", "Description")
-    data = {k: rule[k] for k in keys if k in rule}
-    if "ReferencedGroupInfo" in rule:
-        data["ReferencedGroupId"] = rule["ReferencedGroupInfo"].get("GroupId")
-    return data
-
-
-def _peer(rule: dict[str, Any]) -> str:
-    return str(rule.get("CidrIpv4") or rule.get("CidrIpv6") or rule.get("PrefixListId")
-               or rule.get("ReferencedGroupId") or "?")
-
-
-def _ports(rule: dict[str, Any]) -> str:
-    if rule.get("IpProtocol") == "-1":
-        return "all traffic"
-    low, high = rule.get("FromPort"), rule.get("ToPort")
-    return f"{rule.get('IpProtocol')} {low}" if low == high else f"{rule.get('IpProtocol')} {low}-{high}"
-
-
-def describe_rule(rule: dict[str, Any]) -> str:
-    direction = "egress to" if rule.get("IsEgress") else "ingress from"
-    return f"{rule.get('SecurityGroupRuleId')}: {_ports(rule)} {direction} {_peer(rule)}"
-
-
-def _default_group(ec2: Any, group_id: str, vpc_id: str) -> dict[str, Any] | None:
-    groups = paginate(ec2, "describe_security_groups", "SecurityGroups",
-                      Filters=[{"Name": "group-id", "Values": [group_id]}])
-    group: dict[str, Any] | None = groups[0] if groups else None
-    if group is None:
-        return None
-    if group.get("GroupName") != "default" or group.get("VpcId") != vpc_id:
-        raise Drift(f"{group_id} is no longer the default group of {vpc_id}; not touched")
-    return group
-
-
-def _rules(ec2: Any, group_id: str) -> list[dict[str, Any]]:
-    rules = paginate(ec2, "describe_security_group_rules", "SecurityGroupRules",
-                     Filters=[{"Name": "group-id", "Values": [group_id]}])
-    return sorted((_rule(r) for r in rules), key=lambda r: r["SecurityGroupRuleId"])
+from tasks._sg_rules import content, default_group, describe_rule, permission, rules_of
 
 
 @register
@@ -72,6 +32,7 @@ class StripDefaultSecurityGroups(Task):
     plan_actions = ("ec2:DescribeRegions", "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
                     "ec2:DescribeSecurityGroupRules")
     apply_actions = ("ec2:RevokeSecurityGroupIngress", "ec2:RevokeSecurityGroupEgress")
+    undo_actions = ("ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress")
 
     def plan(self, ctx: TaskContext) -> list[Change]:
         ec2 = ctx.client("ec2")
@@ -82,7 +43,7 @@ class StripDefaultSecurityGroups(Task):
         for group in sorted(groups, key=lambda g: g["GroupId"]):
             if group.get("GroupName") != "default" or group.get("VpcId") not in vpcs:
                 continue
-            rules = _rules(ec2, group["GroupId"])
+            rules = rules_of(ec2, group["GroupId"])
             if not rules:
                 continue
             ingress = sum(not r.get("IsEgress") for r in rules)
@@ -98,12 +59,41 @@ class StripDefaultSecurityGroups(Task):
             ))
         return changes
 
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        ec2 = ctx.client("ec2")
+        changes = []
+        for done in applied:
+            group_id, vpc_id = done.before["group_id"], done.before["vpc_id"]
+            try:
+                group = default_group(ec2, group_id, vpc_id)
+            except Drift as exc:
+                ctx.note(str(exc))
+                continue
+            live = rules_of(ec2, group_id) if group else []
+            if group is None or content(live) == content(done.undo["rules"]):
+                state = "is gone" if group is None else "already holds its old rules"
+                ctx.note(f"{group_id} {state}; nothing to restore")
+            elif live:
+                ctx.note(f"{group_id} has changed since the run ({len(live)} rule(s) now); not restored")
+            else:
+                rules = done.undo["rules"]
+                changes.append(ctx.change(
+                    resource=group_id, action="restore-rules",
+                    summary=f"{group_id} (default of {vpc_id}): restore {len(rules)} rule(s) removed by the run",
+                    details=[describe_rule(r) for r in rules],
+                    before={"group_id": group_id, "vpc_id": vpc_id, "rules": []},
+                    after={"group_id": group_id, "vpc_id": vpc_id, "rules": rules},
+                ))
+        return changes
+
     def apply(self, ctx: ApplyContext, change: Change) -> str:
         ec2 = ctx.client("ec2")
         group_id, vpc_id = change.before["group_id"], change.before["vpc_id"]
-        if _default_group(ec2, group_id, vpc_id) is None:
+        if change.action == "restore-rules":
+            return self._restore(ec2, change)
+        if default_group(ec2, group_id, vpc_id) is None:
             return "already done"  # the VPC and its default group are gone
-        live = {r["SecurityGroupRuleId"]: r for r in _rules(ec2, group_id)}
+        live = {r["SecurityGroupRuleId"]: r for r in rules_of(ec2, group_id)}
         planned = {r["SecurityGroupRuleId"]: r for r in change.before["rules"]}
         changed = sorted(i for i in planned if i in live and live[i] != planned[i])
         if changed:
@@ -115,4 +105,21 @@ class StripDefaultSecurityGroups(Task):
             ids = [r["SecurityGroupRuleId"] for r in remaining if bool(r.get("IsEgress")) == egress]
             if ids:
                 call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=ids)
+        return "applied"
+
+    @staticmethod
+    def _restore(ec2: Any, change: Change) -> str:
+        group_id = change.before["group_id"]
+        if default_group(ec2, group_id, change.before["vpc_id"]) is None:
+            raise Drift(f"{group_id} no longer exists; not restored")
+        live = rules_of(ec2, group_id)
+        if content(live) == content(change.after["rules"]):
+            return "already done"
+        if live:
+            raise Drift(f"{group_id} has changed since the undo was planned; not restored")
+        for egress, operation in ((False, "authorize_security_group_ingress"),
+                                  (True, "authorize_security_group_egress")):
+            perms = [permission(r) for r in change.after["rules"] if bool(r.get("IsEgress")) == egress]
+            if perms:
+                call(ec2, operation, GroupId=group_id, IpPermissions=perms)
         return "applied"

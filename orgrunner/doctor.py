@@ -1,0 +1,39 @@
+"""`orgrunner doctor`: can the role be assumed in every targeted account, and if not, why?
+
+Each account's role is assumed with a session policy that allows nothing but
+`sts:GetCallerIdentity`, which is then called: a check that can change nothing.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from orgrunner import aws
+from orgrunner.accounts import Account
+from orgrunner.credentials import RoleAssumer, RoleRequest
+from orgrunner.policy import render
+from orgrunner.runner import describe_error
+from orgrunner.settings import Settings
+
+CHECK_POLICY = {"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["sts:GetCallerIdentity"], "Resource": "*"}]}
+
+
+def check_roles(session: aws.Session, accounts: list[Account], settings: Settings, name: str,
+                identity: str) -> list[tuple[Account, str | None]]:
+    """(account, None) where the role works, (account, reason) where it does not; in input order."""
+    assumer = RoleAssumer(session, RoleRequest(
+        role_name=settings.role_name, session_name=name, source_identity=identity, policy=render(CHECK_POLICY),
+        duration=900, external_id=settings.external_id))
+
+    def check(account: Account) -> tuple[Account, str | None]:
+        try:
+            ident = aws.call(assumer.session(account.id).client("sts"), "get_caller_identity")
+            if ident.get("Account") != account.id:
+                return account, f"the role answered as account {ident.get('Account')}"
+            return account, None
+        except Exception as exc:
+            return account, describe_error(exc)
+
+    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
+        return list(pool.map(check, accounts))

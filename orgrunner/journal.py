@@ -1,0 +1,77 @@
+"""The journal: every applied change, written (and fsynced) the moment AWS applied it, with
+the data needed to reverse it. One JSON lines file per run, read back by `orgrunner undo RUN_ID`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from orgrunner.audit import now, scrub
+from orgrunner.errors import InputError
+from orgrunner.task import Change
+
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def journal_dir(state_dir: Path) -> Path:
+    return state_dir / "journal"
+
+
+class Journal:
+    """Append-only, one line per change outcome; safe to call from worker threads."""
+
+    def __init__(self, state_dir: Path, run_id: str, task: str, task_version: str) -> None:
+        self.path = journal_dir(state_dir) / f"{run_id}.jsonl"
+        self.run_id = run_id
+        self.task = task
+        self.task_version = task_version
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    def record(self, status: str, change: Change, error: str | None = None) -> None:
+        entry = {"ts": now(), "run_id": self.run_id, "task": self.task, "task_version": self.task_version,
+                 "status": status, "error": error, "change": change.to_dict()}
+        line = scrub(json.dumps(entry, default=str)) + "\n"
+        with self._lock:
+            if self._file is None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = self.path.open("a", encoding="utf-8")
+                except OSError as exc:
+                    raise InputError(f"journal {self.path}: {exc.strerror or exc}") from None
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read(state_dir: Path, run_id: str) -> tuple[str, str, list[Change]]:
+    """(task name, task version, the changes the run applied) for `orgrunner undo`."""
+    if not RUN_ID.match(run_id):
+        raise InputError(f"run id {run_id!r}: expected the form 20261129T190000Z-1a2b3c (see the audit log)")
+    path = journal_dir(state_dir) / f"{run_id}.jsonl"
+    if not path.is_file():
+        raise InputError(f"run {run_id}: no journal at {path} (that run applied nothing, or ran elsewhere)")
+    task, version, applied = "", "", []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            task, version = entry["task"], entry["task_version"]
+            if entry["status"] == "applied":
+                applied.append(Change.from_dict(entry["change"]))
+        except (ValueError, KeyError, TypeError):
+            # a line torn by a crash is the last one; anything before it is whole
+            raise InputError(f"{path}:{number}: unreadable journal line") from None
+    return task, version, applied

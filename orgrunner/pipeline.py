@@ -1,0 +1,251 @@
+"""One run of a task from start to end: records, lock, plan, confirmation, apply.
+
+`run`, `apply PLAN` and `undo RUN_ID` are all this pipeline with different inputs: what to plan,
+and (for `apply`) the saved plan the live one must equal.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from orgrunner import aws
+from orgrunner.accounts import Selection, Selectors
+from orgrunner.audit import AuditLog, scrub
+from orgrunner.confirm import (
+    Armed,
+    confirm_interactive,
+    confirm_listed,
+    confirm_protected,
+    confirm_unguarded,
+)
+from orgrunner.credentials import RoleAssumer, RoleRequest, operator_name, session_name, source_identity
+from orgrunner.errors import (
+    EXIT_CHANGES_PENDING,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TARGETS_FAILED,
+    OrgrunnerError,
+    SafetyRefusal,
+)
+from orgrunner.identity import Caller
+from orgrunner.journal import Journal
+from orgrunner.lock import RunLock
+from orgrunner.planfile import SavedPlan, drift
+from orgrunner.policy import render, session_policy
+from orgrunner.report import Reporter
+from orgrunner.runner import Outcome, Runner
+from orgrunner.settings import Settings, state_dir
+from orgrunner.task import Change, Target, Task
+
+Mode = Literal["dry-run", "armed"]
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def err(line: str) -> None:
+    print(scrub(line), file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the operator stated on the command line (None: not given)."""
+
+    accounts: set[str] | None = None
+    protected: set[str] | None = None
+
+
+@dataclass
+class RunOptions:
+    arm: bool = False
+    stated: Confirmation = field(default_factory=Confirmation)
+    report: Path | None = None
+    output_format: Literal["text", "json"] = "text"
+    fail_on_changes: bool = False
+    plan_out: Path | None = None
+    wait_for_lock: float = 0
+    expected: SavedPlan | None = None  # `apply PLAN`: the live plan must equal this one
+    command: str = "run"
+
+
+class Pipeline:
+    def __init__(self, task: Task, settings: Settings, session: aws.Session, caller: Caller,
+                 selection: Selection, selectors: Selectors, regions: list[str] | None, options: RunOptions) -> None:
+        self.task = task
+        self.cls = type(task)
+        self.settings = settings
+        self.session = session
+        self.caller = caller
+        self.selection = selection
+        self.selectors = selectors
+        self.regions = regions
+        self.options = options
+        self.run_id = new_run_id()
+        operator = operator_name(caller.arn)
+        self.session_name = session_name(operator, self.cls.name, self.run_id)
+        self.source_identity = source_identity(operator)
+        self.stop = threading.Event()
+        self.mode: Mode = "armed" if options.arm else "dry-run"
+
+    # --- the run as a whole ------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Run; return the exit code. Safety refusals and input errors are raised."""
+        state = state_dir()
+        with RunLock(state, self.selection.organization_id or "no-org", self.cls.name, self.options.wait_for_lock):
+            audit = AuditLog(self.settings.audit_log or state / "audit.jsonl", self.run_id)
+            out = sys.stderr if self.options.output_format == "json" else sys.stdout
+            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report)
+            self.journal = Journal(state, self.run_id, self.cls.name, self.cls.version)
+            audit.event("run-start", task=self.cls.name, command=self.options.command, mode=self.mode,
+                        operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
+                        selectors=self.selectors.to_dict(), regions=self.regions, role_name=self.settings.role_name,
+                        role_session_name=self.session_name, source_identity=self.source_identity,
+                        targets=[a.id for a in self.selection.targets])
+            err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
+                f"role {self.settings.role_name}")
+            status, code = "interrupted", EXIT_INTERRUPTED
+            try:
+                code = self._plan_confirm_apply()
+                status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
+                return code
+            except KeyboardInterrupt:
+                self.stop.set()
+                err("interrupted: no new targets started; results so far are in the report, audit log and journal")
+                return EXIT_INTERRUPTED
+            except OrgrunnerError as exc:
+                status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
+                code = exc.exit_code
+                raise
+            finally:
+                tallies = {p: self.reporter.tally_dict(p) for p in ("plan", "apply")}
+                audit.event("run-end", task=self.cls.name, mode=self.mode, status=status, **tallies)
+                if self.options.output_format == "json":
+                    print(json.dumps({"run_id": self.run_id, "task": self.cls.name, "mode": self.mode,
+                                      "status": status, "exit_code": code, **tallies,
+                                      "failed_targets": self.reporter.failed_targets}, indent=2), flush=True)
+                self.reporter.close()
+                self.journal.close()
+                audit.close()
+
+    def _assumer(self, phase: Literal["plan", "apply"]) -> RoleAssumer:
+        request = RoleRequest(
+            role_name=self.settings.role_name,
+            session_name=self.session_name,
+            source_identity=self.source_identity,
+            policy=render(session_policy(self.cls, phase)),
+            duration=self.settings.session_duration,
+            external_id=self.settings.external_id,
+        )
+        return RoleAssumer(self.session, request)
+
+    def _plan_confirm_apply(self) -> int:
+        keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
+        plan, planned_ok = self._plan(keep)
+        reporter = self.reporter
+        reporter.echo(reporter.plan_summary())
+        plan_failed = reporter.tallies["plan"].failed > 0
+        if self.options.plan_out is not None:
+            self._save(plan, planned_ok)
+        if self.options.expected is not None:
+            self._check_drift(plan, plan_failed)
+        if not self.options.arm:
+            reporter.echo("Dry run: nothing was changed. Run again with --arm to apply.")
+            if plan_failed:
+                return EXIT_TARGETS_FAILED
+            pending = reporter.tallies["plan"].changes > 0
+            return EXIT_CHANGES_PENDING if self.options.fail_on_changes and pending else EXIT_OK
+        if not plan:
+            reporter.echo("No planned changes: nothing to apply.")
+            return EXIT_TARGETS_FAILED if plan_failed else EXIT_OK
+        armed = self._confirm(plan)
+        reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
+        applier = Runner(self.task, self._assumer("apply"), self.settings.concurrency, self.stop,
+                         on_outcome=self._record)
+        with reporter.progress("apply", sum(1 for c in plan.values() if c)):
+            for result in applier.apply(plan, armed):
+                reporter.result(result)
+        reporter.echo(reporter.apply_summary())
+        return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
+
+    def _plan(self, keep: bool) -> tuple[dict[Target, list[Change]], list[Target]]:
+        """Stream the plan; keep the changes only when they will be needed (armed, saved, compared)."""
+        plan: dict[Target, list[Change]] = {}
+        planned_ok: list[Target] = []
+        planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
+        estimate = len(self.selection.targets) * (len(self.regions) if self.regions else 1)
+        with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
+            for result in planner.plan(self.selection.targets, self.regions):
+                self.reporter.result(result)
+                if keep and result.status == "ok":
+                    planned_ok.append(result.target)
+                    if result.changes:
+                        plan[result.target] = list(result.changes)
+        return plan, planned_ok
+
+    def _record(self, target: Target, outcome: Outcome) -> None:
+        """Called from the worker the moment a change was applied (or failed)."""
+        self.journal.record(outcome.status, outcome.change, outcome.error)
+        self.reporter.applied({"account": target.account_id, "region": target.region, "status": outcome.status,
+                               "error": outcome.error, "change": outcome.change.to_dict()})
+
+    def _save(self, plan: dict[Target, list[Change]], planned_ok: list[Target]) -> None:
+        assert self.options.plan_out is not None
+        SavedPlan(
+            run_id=self.run_id, task=self.cls.name, task_version=self.cls.version, caller=self.caller.arn,
+            role_name=self.settings.role_name, regions=self.regions,
+            policies={p: session_policy(self.cls, p) for p in ("plan", "apply")},
+            targets=planned_ok, changes=plan,
+        ).write(self.options.plan_out)
+        err(f"plan written to {self.options.plan_out}")
+
+    def _check_drift(self, live: dict[Target, list[Change]], plan_failed: bool) -> None:
+        saved = self.options.expected
+        assert saved is not None
+        if saved.task_version != self.cls.version:
+            raise SafetyRefusal(f"the plan was made with {saved.task} version {saved.task_version}; "
+                                f"this is version {self.cls.version}: plan again; nothing applied")
+        if plan_failed:
+            raise SafetyRefusal("some targets could not be planned again, so the live plan cannot be compared "
+                                "with the saved one; nothing applied")
+        lines = drift(saved.changes, live)
+        if lines:
+            for line in lines:
+                err(f"drift: {line}")
+            raise SafetyRefusal(f"the live plan differs from the saved plan {saved.run_id} in {len(lines)} "
+                                "change(s); nothing applied. Plan again and review.")
+        err(f"the live plan equals the saved plan {saved.run_id}")
+
+    def _confirm(self, plan: dict[Target, list[Change]]) -> Armed:
+        """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise."""
+        name = self.cls.name
+        stated = self.options.stated
+        accounts = {t.account_id for t, changes in plan.items() if changes}
+        interactive = sys.stdin.isatty()
+        protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
+        confirm_protected(protected, _ask if interactive else None, stated.protected)
+        destructive = any(c.destructive for changes in plan.values() for c in changes)
+        if not destructive:
+            err(f"{name}: every planned change only tightens a setting; --arm is confirmation enough")
+            return confirm_unguarded(name, accounts)
+        if stated.accounts is not None:
+            return confirm_listed(name, accounts, {a.id for a in self.selection.targets}, stated.accounts)
+        if not interactive:
+            raise SafetyRefusal("an armed run without a terminal needs --confirm-accounts naming the accounts "
+                                f"with planned changes ({len(accounts)}); nothing applied")
+        err(f"{name} will change {len(accounts)} account(s): {', '.join(sorted(accounts))}")
+        return confirm_interactive(name, accounts, _ask)
+
+
+def _ask(prompt: str) -> str:
+    print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
+
