@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from orgrunner.audit import scrub
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_name, operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
-from orgrunner.errors import EXIT_INTERRUPTED, InputError, OrgrunnerError, SafetyRefusal
+from orgrunner.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, OrgrunnerError, SafetyRefusal, Terminated
 from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions
 from orgrunner.planfile import load as load_plan
@@ -321,6 +322,36 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
     return Common(settings, hop, chosen, regions, options, allow_long_term)
 
 
+def failed_targets(report: Path, task: str) -> dict[str, list[str] | None]:
+    """The targets of `task` whose last record in a --report file is `failed`: account -> regions
+    (None: the whole account failed before its regions were known)."""
+    last: dict[tuple[str, str], str] = {}
+    try:
+        lines = report.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"--retry-failed {report}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if record["task"] == task:
+                last[(str(record["account"]), str(record["region"]))] = str(record["status"])
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"--retry-failed {report}:{number}: not a report line") from None
+    only: dict[str, list[str] | None] = {}
+    for (account_id, region), status in sorted(last.items()):
+        if status != "failed":
+            continue
+        if region in ("*", GLOBAL_REGION):
+            only[account_id] = None
+            continue
+        regions = only.setdefault(account_id, [])
+        if regions is not None:
+            regions.append(region)
+    return only
+
+
 @app.command()
 def run(
     task: Annotated[str, typer.Argument(help="Task name (see `orgrunner tasks`).")],
@@ -338,6 +369,8 @@ def run(
                                                   "`orgrunner apply`.", dir_okay=False)] = None,
     fail_on_changes: Annotated[bool, typer.Option("--fail-on-changes", help="A dry run exits 4 when anything "
                                                   "would change (drift detection).")] = False,
+    retry_failed: Annotated[Path | None, typer.Option("--retry-failed", help="Run exactly the targets that "
+                                                      "failed in this earlier --report.", dir_okay=False)] = None,
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
     allow_long_term: LongTermOpt = False,
@@ -360,12 +393,23 @@ def run(
     if fail_on_changes and arm:
         raise InputError("--fail-on-changes is for dry runs")
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
+    only = None
+    if retry_failed is not None:
+        if account or ou or tag or region:
+            raise InputError("--retry-failed chooses the targets itself; drop --account, --ou, --tag and --region")
+        only = failed_targets(retry_failed, task)
+        if not only:
+            err(f"no failed targets of {task} in {retry_failed}; nothing to do")
+            return
+        chosen.accounts = sorted(only)
+        chosen.include_management = True  # the earlier run chose its accounts; retry exactly those
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
                     allow_long_term=allow_long_term, command="run", role_name=role_name, concurrency=concurrency)
     shared.options.plan_out = plan_out
     shared.options.fail_on_changes = fail_on_changes
+    shared.options.only = only
     task_cls = load_tasks(tasks_dir).get(task)
     shared.execute(configure(task_cls, config_dir(config)))
 
@@ -485,15 +529,20 @@ def sandbox_serve(
     sb.serve(port)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except OrgrunnerError as exc:
         err(f"orgrunner: {exc}")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err("orgrunner: interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
     except Exception as exc:  # a bug: one line, not a traceback, unless asked for
         if os.environ.get("ORGRUNNER_DEBUG"):
             raise

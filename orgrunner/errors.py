@@ -22,6 +22,11 @@ EXIT_INPUT = 2
 EXIT_SAFETY = 3
 EXIT_CHANGES_PENDING = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: nothing new starts, work in flight finishes and is recorded."""
 
 
 class OrgrunnerError(Exception):

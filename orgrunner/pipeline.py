@@ -31,8 +31,10 @@ from orgrunner.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TARGETS_FAILED,
+    EXIT_TERMINATED,
     OrgrunnerError,
     SafetyRefusal,
+    Terminated,
 )
 from orgrunner.identity import Caller
 from orgrunner.journal import Journal
@@ -73,6 +75,7 @@ class RunOptions:
     plan_out: Path | None = None
     wait_for_lock: float = 0
     expected: SavedPlan | None = None  # `apply PLAN`: the live plan must equal this one
+    only: dict[str, list[str] | None] | None = None  # `--retry-failed`: exactly these targets
     command: str = "run"
 
 
@@ -117,10 +120,11 @@ class Pipeline:
                 code = self._plan_confirm_apply()
                 status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
                 return code
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 self.stop.set()
+                code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
                 err("interrupted: no new targets started; results so far are in the report, audit log and journal")
-                return EXIT_INTERRUPTED
+                return code
             except OrgrunnerError as exc:
                 status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
                 code = exc.exit_code
@@ -183,7 +187,7 @@ class Pipeline:
         planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
         estimate = len(self.selection.targets) * (len(self.regions) if self.regions else 1)
         with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
-            for result in planner.plan(self.selection.targets, self.regions):
+            for result in planner.plan(self.selection.targets, self.regions, self.options.only):
                 self.reporter.result(result)
                 if keep and result.status == "ok":
                     planned_ok.append(result.target)

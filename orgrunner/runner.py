@@ -108,6 +108,8 @@ class _Pool:
                                           error=describe_error(future.exception())))  # type: ignore[arg-type]
 
     def drain(self) -> Iterator[TargetResult]:
+        """Yield results as they arrive until every job is done. On an interrupt (Ctrl-C, SIGTERM):
+        start nothing new, let the jobs in flight finish, yield what they produced, re-raise."""
         finished = False
         try:
             while True:
@@ -121,8 +123,14 @@ class _Pool:
                 if idle and self.results.empty():
                     finished = True
                     return
+        except KeyboardInterrupt:
+            self.stop.set()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            while not self.results.empty():
+                yield self.results.get_nowait()
+            raise
         finally:
-            if not finished:  # the consumer stopped early (Ctrl-C): stop scheduling new targets
+            if not finished:  # the consumer stopped early: stop scheduling new targets
                 self.stop.set()
             self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -164,11 +172,15 @@ class Runner:
 
     # --- plan --------------------------------------------------------------------------------
 
-    def plan(self, accounts: list[Account], regions: list[str] | None) -> Iterator[TargetResult]:
+    def plan(self, accounts: list[Account], regions: list[str] | None,
+             only: dict[str, list[str] | None] | None = None) -> Iterator[TargetResult]:
+        """Plan every account x region; `only` narrows some accounts to their own regions (None: all
+        enabled), as `--retry-failed` does for exactly the targets that failed before."""
         pool = _Pool(self.concurrency, self.stop)
         self.discovered = len(accounts) * (len(regions) if regions else 1)
         for account in accounts:
-            pool.submit(self._plan_account, pool, account, regions)
+            wanted = only.get(account.id, regions) if only is not None else regions
+            pool.submit(self._plan_account, pool, account, wanted)
         yield from pool.drain()
 
     def _plan_account(self, pool: _Pool, account: Account, wanted: list[str] | None) -> None:
