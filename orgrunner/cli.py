@@ -480,6 +480,7 @@ def undo(
                     region=regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
                     allow_long_term=allow_long_term, command=f"undo {run_id}", role_name=role_name)
+    shared.options.lock_name = task_name
     task_cls = load_tasks(tasks_dir).get(task_name)
     shared.execute(reversal(configure(task_cls, config_dir(config)), applied))
 

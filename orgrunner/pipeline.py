@@ -76,6 +76,7 @@ class RunOptions:
     wait_for_lock: float = 0
     expected: SavedPlan | None = None  # `apply PLAN`: the live plan must equal this one
     only: dict[str, list[str] | None] | None = None  # `--retry-failed`: exactly these targets
+    lock_name: str | None = None  # the task whose runs must not overlap (undo locks its task's runs)
     command: str = "run"
 
 
@@ -103,7 +104,9 @@ class Pipeline:
     def execute(self) -> int:
         """Run; return the exit code. Safety refusals and input errors are raised."""
         state = state_dir()
-        with RunLock(state, self.selection.organization_id or "no-org", self.cls.name, self.options.wait_for_lock):
+        lock = RunLock(state, self.selection.organization_id or "no-org", self.options.lock_name or self.cls.name,
+                       self.options.wait_for_lock)
+        with lock:
             audit = AuditLog(self.settings.audit_log or state / "audit.jsonl", self.run_id)
             out = sys.stderr if self.options.output_format == "json" else sys.stdout
             self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report)

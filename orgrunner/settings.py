@@ -56,7 +56,12 @@ class Settings(BaseModel):
 
 
 def state_dir() -> Path:
-    """orgrunner's state: audit log, journal, locks ($XDG_STATE_HOME/orgrunner)."""
+    """orgrunner's state: audit log, journal, locks. `$ORGRUNNER_STATE_DIR`, else
+    `$XDG_STATE_HOME/orgrunner`. Set it to one shared folder (say /var/lib/orgrunner) where cron
+    and operators must share the run lock and the journal."""
+    explicit = os.environ.get("ORGRUNNER_STATE_DIR")
+    if explicit:
+        return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "orgrunner"
 
