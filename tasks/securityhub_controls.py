@@ -70,6 +70,12 @@ def _standard_id(arn: str) -> str:
     return arn.split(":", 5)[5].split("/", 1)[1]
 
 
+def _update(arn: str, control: str, status: str, reason: str | None) -> dict[str, str]:
+    """One StandardsControlAssociationUpdate, as BatchUpdateStandardsControlAssociations takes it."""
+    update = {"StandardsArn": arn, "SecurityControlId": control, "AssociationStatus": status}
+    return update | ({"UpdatedReason": reason} if reason else {})
+
+
 def _associations(hub: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
     """(standards ARN, control id) -> its association; an unprocessed pair fails the target."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
@@ -134,22 +140,17 @@ class SecurityHubControls(Task):
         live = _associations(hub, [(arn, control) for arn, _, control, _ in wanted])
         changes = []
         for arn, std, control, state in wanted:
-            current = live[(arn, control)]
-            if current["AssociationStatus"] == state.status:
+            now = live[(arn, control)]
+            if now["AssociationStatus"] == state.status:
                 continue
-            old = {"StandardsArn": arn, "SecurityControlId": control, "AssociationStatus": current["AssociationStatus"]}
-            if current.get("UpdatedReason"):
-                old["UpdatedReason"] = current["UpdatedReason"]
-            new = {"StandardsArn": arn, "SecurityControlId": control, "AssociationStatus": state.status}
+            old = _update(arn, control, now["AssociationStatus"], now.get("UpdatedReason"))
+            details = [f"AssociationStatus: {now['AssociationStatus']} -> {state.status}"]
             if state.reason is not None:
-                new["UpdatedReason"] = state.reason
-            details = [f"AssociationStatus: {old['AssociationStatus']} -> {state.status}"]
-            if state.reason is not None:
-                details.append(f"UpdatedReason: {old.get('UpdatedReason', '(none)')} -> {state.reason}")
+                details.append(f"UpdatedReason: {now.get('UpdatedReason', '(none)')} -> {state.reason}")
             changes.append(ctx.change(
                 resource=f"{std}/{control}", action=f"{VERB[state.status]}-control",
-                summary=f"{control} in {std}: {VERB[state.status]}",
-                details=details, before=old, after=new, undo=old,
+                summary=f"{control} in {std}: {VERB[state.status]}", details=details,
+                before=old, after=_update(arn, control, state.status, state.reason), undo=old,
                 destructive=state.status == "DISABLED",
             ))
         if changes and _centrally_managed(hub, ctx.account_id):
