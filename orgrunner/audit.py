@@ -17,12 +17,27 @@ from concurrent_log_handler import ConcurrentRotatingFileHandler
 
 from orgrunner.errors import InputError
 
-# Access key ids, and long base64 runs such as secrets and session tokens.
-_SECRET = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b|[A-Za-z0-9/+=]{80,}")
+# Access key ids look alike; secret keys and session tokens do not, so every one this process
+# holds is registered (`register_secret`) and removed wherever it would appear.
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b")
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(*values: str | None) -> None:
+    """Remember credentials this process holds, so that no output can ever contain them."""
+    with _secrets_lock:
+        _secrets.update(v for v in values if v and len(v) >= 8)
 
 
 def scrub(text: str) -> str:
-    return _SECRET.sub("[redacted]", text)
+    """Text with every access key id and every registered secret replaced by [redacted]."""
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_ID.sub("[redacted]", text)
 
 
 def now() -> str:

@@ -119,6 +119,10 @@ def known_regions() -> frozenset[str]:
     return _known_regions
 
 
+class IncompleteAnswer(Exception):
+    """An API answer without the field it must carry."""
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
@@ -154,7 +158,9 @@ def paginate(client: Any, operation: str, key: str, **params: Any) -> list[Any]:
     def collect() -> list[Any]:
         items: list[Any] = []
         for page in client.get_paginator(operation).paginate(**params):
-            items.extend(page.get(key, []))
+            if key not in page:  # a truncated answer must fail the target, not read as "nothing there"
+                raise IncompleteAnswer(f"{operation}: the answer has no {key!r}")
+            items.extend(page[key])
         return items
 
     return _retrying(RETRY_ATTEMPTS)(collect)

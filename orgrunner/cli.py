@@ -6,6 +6,7 @@ rule; 70 an internal error (a bug: please report it); 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from orgrunner import __version__, aws, journal
 from orgrunner.accounts import Organization, Selection, Selectors, parse_tags
 from orgrunner.audit import scrub
 from orgrunner.confirm import parse_account_list
-from orgrunner.credentials import operator_name, operator_session, session_name, source_identity
+from orgrunner.credentials import operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
 from orgrunner.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, OrgrunnerError, SafetyRefusal, Terminated
 from orgrunner.identity import Caller, base_session, resolve_caller
@@ -118,10 +119,13 @@ def caller_session(hop: Hop) -> tuple[aws.Session, Caller]:
         def token() -> str:
             return hop.mfa_token or typer.prompt("MFA code", err=True).strip()
 
-        session = operator_session(session, hop.operator_role_arn, session_name(operator_name(first.arn), "operator"),
-                                   hop.duration, hop.mfa_serial, token)
+        session = operator_session(session, hop.operator_role_arn, session_name(first.operator, "operator"),
+                                   hop.duration, hop.mfa_serial, token, source_identity(first.operator))
         source = f"{source} via {hop.operator_role_arn}" + (" with MFA" if hop.mfa_serial else "")
-    caller = resolve_caller(session, source)
+        caller = dataclasses.replace(resolve_caller(session, source), operator=first.operator,
+                                     long_term_first_hop=first.long_term and not hop.mfa_serial)
+    else:
+        caller = resolve_caller(session, source)
     err(f"caller: {caller.describe()}")
     return session, caller
 
@@ -205,9 +209,12 @@ def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
     """List the registered tasks: name, destructive or not, global or regional, description."""
     loaded = load_tasks(tasks_dir)
     for task in loaded.tasks.values():
-        kind = "destructive" if task.destructive else "tightening"
+        kind = "destructive" if task.destructive else "by plan"
         scope = "regional" if task.regional else "global"
         print(f"{task.name:<32} {kind:<12} {scope:<9} {task.description}")
+    if any(not t.destructive for t in loaded.tasks.values()):
+        print("(by plan: --arm alone applies changes that only tighten; any change that relaxes security is "
+              "destructive and needs the typed confirmation)")
     for error in loaded.errors:
         err(f"failed to load: {error}")
 
@@ -235,7 +242,8 @@ def describe(
     cls = load_tasks(tasks_dir).get(task)
     module = sys.modules.get(cls.__module__)
     print(f"{cls.name}: {cls.description}")
-    print(f"kind: {'destructive' if cls.destructive else 'tightening'}, {'regional' if cls.regional else 'global'}")
+    kind = "destructive" if cls.destructive else "by plan (relaxing changes are destructive)"
+    print(f"kind: {kind}, {'regional' if cls.regional else 'global'}")
     if cls.config_file:
         print(f"config file: {config_dir(config) / cls.config_file}")
     doc = (module.__doc__ or "").strip() if module else ""
@@ -294,6 +302,9 @@ class Common:
         print_selection(selection)
         if not selection.targets:
             err("no accounts match the selectors; nothing to do")
+            if self.options.output_format == "json":
+                print(json.dumps({"run_id": None, "task": task.name, "status": "nothing to do", "exit_code": 0,
+                                  "plan": {}, "apply": {}, "failed_targets": []}, indent=2))
             return
         code = Pipeline(task, self.settings, session, caller, selection, self.selectors, self.regions,
                         self.options).execute()
@@ -392,6 +403,9 @@ def run(
         raise InputError("--plan-out saves a dry run's plan; apply it later with `orgrunner apply`")
     if fail_on_changes and arm:
         raise InputError("--fail-on-changes is for dry runs")
+    if plan_out is not None and (plan_out.is_dir() or not plan_out.parent.is_dir()
+                                 or not os.access(plan_out.parent, os.W_OK)):
+        raise InputError(f"--plan-out {plan_out}: not a writable file path")
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     only = None
     if retry_failed is not None:
@@ -503,7 +517,7 @@ def doctor(
                                          settings.session_duration))
     selection = Organization(session).select(chosen, settings.protection())
     print_selection(selection)
-    operator = operator_name(caller.arn)
+    operator = caller.operator
     results = check_roles(session, selection.targets, settings, session_name(operator, "doctor"),
                           source_identity(operator))
     failed = 0

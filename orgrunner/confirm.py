@@ -104,8 +104,9 @@ def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | Non
             f"{len(protected)} protected account(s) have planned changes; without a terminal, confirm them "
             f"with --confirm-protected {','.join(sorted(protected))}; nothing applied")
     names = sorted(protected.values())
-    answer = ask(f"Protected accounts will change: type their names ({len(names)}): ")
-    if sorted(p for p in re.split(r"[\s,]+", answer.strip()) if p) != names:
+    answer = ask(f"Protected accounts will change: type their names ({', '.join(names)}): ")
+    words = sorted(w for name in names for w in re.split(r"[\s,]+", name) if w)
+    if sorted(w for w in re.split(r"[\s,]+", answer.strip()) if w) != words:
         raise SafetyRefusal("protected accounts were not confirmed by name; nothing applied")
 
 

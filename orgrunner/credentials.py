@@ -18,9 +18,10 @@ import botocore.credentials
 from botocore.exceptions import ClientError
 
 from orgrunner import aws
+from orgrunner.audit import register_secret
 from orgrunner.errors import SafetyRefusal, TargetError
 
-SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]")
+SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
 MAX_SESSION_NAME = 64
 MAX_SOURCE_IDENTITY = 64
 
@@ -38,13 +39,9 @@ def session_name(operator: str, task_name: str, run_id: str = "") -> str:
 
 
 def source_identity(operator: str) -> str:
-    return _clean(operator, MAX_SOURCE_IDENTITY)
-
-
-def operator_name(caller_arn: str) -> str:
-    """The human part of a caller ARN: the user, or the session name of an assumed role."""
-    resource = caller_arn.split(":", 5)[-1]
-    return resource.rsplit("/", 1)[-1] or resource
+    """The operator, as AWS accepts it: 2 to 64 characters of `[\\w+=,.@-]`."""
+    name = _clean(operator, MAX_SOURCE_IDENTITY)
+    return name if len(name) >= 2 else f"operator-{name}"
 
 
 class _RoleCredentials(botocore.credentials.RefreshableCredentials):
@@ -66,6 +63,7 @@ def assume(sts: Any, params: dict[str, Any]) -> dict[str, Any]:
             f"cannot assume {params['RoleArn']}: {aws.error_code(exc)}: "
             f"{exc.response.get('Error', {}).get('Message', '')}"
         ) from None
+    register_secret(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
     expiry = creds["Expiration"]
     if isinstance(expiry, datetime):
         expiry = expiry.astimezone(UTC).isoformat()
@@ -92,13 +90,16 @@ def refreshable_session(metadata: dict[str, Any], duration: int,
 
 
 def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
-                     mfa_serial: str | None = None, mfa_token: Callable[[], str] | None = None) -> aws.Session:
+                     mfa_serial: str | None = None, mfa_token: Callable[[], str] | None = None,
+                     identity: str | None = None) -> aws.Session:
     """The first hop: assume the operator's own role (with MFA if given) from the base credentials.
 
     Without MFA the session refreshes itself; with MFA a refresh would need a new token, so the
     run must end within `duration` (the error then says so)."""
     sts = base.client("sts", aws.HOME_REGION)
     params: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": duration}
+    if identity:
+        params["SourceIdentity"] = identity  # set on the first hop, it follows every chained session
     if mfa_serial:
         params["SerialNumber"] = mfa_serial
         params["TokenCode"] = mfa_token() if mfa_token else ""

@@ -19,18 +19,24 @@ class CallGuard:
         self.task_name = task_name
         self.phase = phase
         self.allowed = frozenset(a.lower() for a in allowed_actions)
+        self.refused: list[str] = []
 
     def check(self, signing_name: str, operation: str) -> None:
         action = iam_action(signing_name, operation)
         if self.phase == "plan" and not is_read_action(action):
-            raise CallNotAllowed(
-                f"task {self.task_name!r} called {action}, a write, during the plan phase (dry run); refused"
-            )
+            self._refuse(f"task {self.task_name!r} called {action}, a write, during the plan phase (dry run); refused")
         if action.lower() not in self.allowed:
-            raise CallNotAllowed(
-                f"task {self.task_name!r} called {action}, which it did not declare for the {self.phase} "
-                "phase; refused"
-            )
+            self._refuse(f"task {self.task_name!r} called {action}, which it did not declare for the {self.phase} "
+                         "phase; refused")
+
+    def _refuse(self, message: str) -> None:
+        self.refused.append(message)
+        raise CallNotAllowed(message)
+
+    def raise_if_refused(self) -> None:
+        """Fail the target even if the task caught the refusal and carried on."""
+        if self.refused:
+            raise CallNotAllowed(self.refused[0])
 
     def _hook(self, model: Any, **_: Any) -> None:
         self.check(model.service_model.signing_name, model.name)

@@ -13,6 +13,7 @@ from typing import Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orgrunner import aws
+from orgrunner.audit import register_secret
 from orgrunner.errors import InputError, SafetyRefusal
 
 CredentialKind = Literal["long-term", "temporary"]
@@ -33,13 +34,17 @@ class Caller:
     kind: CredentialKind
     source: str  # "profile NAME" or "environment"
     key_prefix: str  # the access key id's first four characters: AKIA / ASIA; never more
+    operator: str = ""  # the human behind the session; with an operator role, the first hop's
+    long_term_first_hop: bool = False  # an operator role assumed with long-term keys and no MFA
 
     @property
     def long_term(self) -> bool:
-        return self.kind == "long-term"
+        """Long-term keys decide this session, directly or through a first hop without MFA."""
+        return self.kind == "long-term" or self.long_term_first_hop
 
     def describe(self) -> str:
-        return f"{self.arn} (account {self.account_id}, {self.kind} credentials from {self.source})"
+        note = "; first hop from long-term keys without MFA" if self.long_term_first_hop else ""
+        return f"{self.arn} (account {self.account_id}, {self.kind} credentials from {self.source}{note})"
 
 
 def credential_source(profile: str | None) -> tuple[str | None, str]:
@@ -69,11 +74,20 @@ def resolve_caller(session: aws.Session, source: str) -> Caller:
         creds = session.credentials()
         if creds is None:
             raise SafetyRefusal(f"no credentials found in {source}")
-        key = creds.get_frozen_credentials().access_key or ""
+        frozen = creds.get_frozen_credentials()
+        register_secret(frozen.access_key, frozen.secret_key, frozen.token)
+        key = frozen.access_key or ""
         ident = aws.call(session.client("sts"), "get_caller_identity")
     except ClientError as exc:
         raise SafetyRefusal(f"the caller's credentials were refused: {aws.error_code(exc)}") from None
     except BotoCoreError as exc:
         raise InputError(f"credentials: {exc}") from None
     kind: CredentialKind = "long-term" if key.startswith("AKIA") else "temporary"
-    return Caller(arn=ident["Arn"], account_id=ident["Account"], kind=kind, source=source, key_prefix=key[:4])
+    return Caller(arn=ident["Arn"], account_id=ident["Account"], kind=kind, source=source, key_prefix=key[:4],
+                  operator=operator_name(ident["Arn"]))
+
+
+def operator_name(caller_arn: str) -> str:
+    """The human part of a caller ARN: the user, or the session name of an assumed role."""
+    resource = caller_arn.split(":", 5)[-1]
+    return resource.rsplit("/", 1)[-1] or resource

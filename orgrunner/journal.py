@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ class Journal:
         self._file: Any = None
 
     def record(self, status: str, change: Change, error: str | None = None) -> None:
+        """`applying` just before the call to AWS, then the outcome (applied, failed...) after it,
+        so a process killed in between leaves the change marked as possibly applied."""
         entry = {"ts": now(), "run_id": self.run_id, "task": self.task, "task_version": self.task_version,
-                 "status": status, "error": error, "change": change.to_dict()}
-        line = scrub(json.dumps(entry, default=str)) + "\n"
+                 "status": status, "error": scrub(error) if error else None, "change": change.to_dict()}
+        line = json.dumps(entry, default=str) + "\n"  # change data comes from AWS reads: kept exact
         with self._lock:
             if self._file is None:
                 try:
@@ -56,22 +59,36 @@ class Journal:
 
 
 def read(state_dir: Path, run_id: str) -> tuple[str, str, list[Change]]:
-    """(task name, task version, the changes the run applied) for `orgrunner undo`."""
+    """(task name, task version, the changes the run applied) for `orgrunner undo`. A change whose
+    outcome was never written (the process died during the call) counts as possibly applied: the
+    task's `plan_undo` reads the live state and restores only what is really gone."""
     if not RUN_ID.match(run_id):
         raise InputError(f"run id {run_id!r}: expected the form 20261129T190000Z-1a2b3c (see the audit log)")
     path = journal_dir(state_dir) / f"{run_id}.jsonl"
     if not path.is_file():
         raise InputError(f"run {run_id}: no journal at {path} (that run applied nothing, or ran elsewhere)")
-    task, version, applied = "", "", []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    task, version = "", ""
+    outcomes: dict[str, tuple[str, Change]] = {}
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
             task, version = entry["task"], entry["task_version"]
-            if entry["status"] == "applied":
-                applied.append(Change.from_dict(entry["change"]))
+            change = Change.from_dict(entry["change"])
         except (ValueError, KeyError, TypeError):
-            # a line torn by a crash is the last one; anything before it is whole
+            if number == len(lines) and not text.endswith("\n"):
+                print(f"warning: {path}:{number}: the last line was torn by a crash; that change is left out",
+                      file=sys.stderr)
+                continue
             raise InputError(f"{path}:{number}: unreadable journal line") from None
+        key = json.dumps([change.account_id, change.region, change.resource, change.action])
+        outcomes[key] = (entry["status"], change)
+    applied = [change for status, change in outcomes.values() if status in ("applied", "applying")]
+    unknown = sum(1 for status, _ in outcomes.values() if status == "applying")
+    if unknown:
+        print(f"warning: run {run_id}: {unknown} change(s) were being applied when the run stopped; "
+              "treated as possibly applied", file=sys.stderr)
     return task, version, applied

@@ -10,6 +10,7 @@ import json
 import secrets
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from orgrunner.confirm import (
     confirm_protected,
     confirm_unguarded,
 )
-from orgrunner.credentials import RoleAssumer, RoleRequest, operator_name, session_name, source_identity
+from orgrunner.credentials import RoleAssumer, RoleRequest, session_name, source_identity
 from orgrunner.errors import (
     EXIT_CHANGES_PENDING,
     EXIT_INTERRUPTED,
@@ -42,7 +43,7 @@ from orgrunner.lock import RunLock
 from orgrunner.planfile import SavedPlan, drift
 from orgrunner.policy import render, session_policy
 from orgrunner.report import Reporter
-from orgrunner.runner import Outcome, Runner
+from orgrunner.runner import Outcome, Runner, TargetResult
 from orgrunner.settings import Settings, state_dir
 from orgrunner.task import Change, Target, Task
 
@@ -93,7 +94,7 @@ class Pipeline:
         self.regions = regions
         self.options = options
         self.run_id = new_run_id()
-        operator = operator_name(caller.arn)
+        operator = caller.operator or caller.arn
         self.session_name = session_name(operator, self.cls.name, self.run_id)
         self.source_identity = source_identity(operator)
         self.stop = threading.Event()
@@ -176,10 +177,9 @@ class Pipeline:
         armed = self._confirm(plan)
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
         applier = Runner(self.task, self._assumer("apply"), self.settings.concurrency, self.stop,
-                         on_outcome=self._record)
+                         on_outcome=self._record, on_intent=self._intent)
         with reporter.progress("apply", sum(1 for c in plan.values() if c)):
-            for result in applier.apply(plan, armed):
-                reporter.result(result)
+            self._consume(applier, applier.apply(plan, armed), reporter.result)
         reporter.echo(reporter.apply_summary())
         return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
 
@@ -189,14 +189,31 @@ class Pipeline:
         planned_ok: list[Target] = []
         planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
         estimate = len(self.selection.targets) * (len(self.regions) if self.regions else 1)
+        def take(result: TargetResult) -> None:
+            self.reporter.result(result)
+            if keep and result.status == "ok":
+                planned_ok.append(result.target)
+                if result.changes:
+                    plan[result.target] = list(result.changes)
+
         with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
-            for result in planner.plan(self.selection.targets, self.regions, self.options.only):
-                self.reporter.result(result)
-                if keep and result.status == "ok":
-                    planned_ok.append(result.target)
-                    if result.changes:
-                        plan[result.target] = list(result.changes)
+            self._consume(planner, planner.plan(self.selection.targets, self.regions, self.options.only), take)
         return plan, planned_ok
+
+    @staticmethod
+    def _consume(runner: Runner, results: Iterator[TargetResult], take: Callable[[TargetResult], None]) -> None:
+        """Hand every result to `take`; an interrupt landing anywhere (even while a result is being
+        printed) stops new work and still hands over what the jobs in flight completed."""
+        try:
+            for result in results:
+                take(result)
+        except KeyboardInterrupt:
+            for result in runner.finish():
+                take(result)
+            raise
+
+    def _intent(self, target: Target, change: Change) -> None:
+        self.journal.record("applying", change)
 
     def _record(self, target: Target, outcome: Outcome) -> None:
         """Called from the worker the moment a change was applied (or failed)."""

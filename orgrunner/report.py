@@ -88,7 +88,7 @@ class Reporter:
             tally.accounts_with_changes.add(result.target.account_id)
         self.echo(f"{head} {len(result.changes)} change(s)" if result.changes else f"{head} no changes")
         for change in result.changes:
-            self.echo(f"    ~ {change.summary}")
+            self.echo(f"    ~ {change.summary}" + (" (destructive)" if change.destructive else ""))
             for line in change.details:
                 self.echo(f"        - {line}")
             self.audit.event("planned", task=self.task, change=change.to_dict())

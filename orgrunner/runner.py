@@ -103,6 +103,8 @@ class _Pool:
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._pending.discard(future)
+        if future.cancelled():  # an interrupt cancelled it before it started
+            return
         if future.exception() is not None:  # a job must report through results; this is a bug
             self.results.put(TargetResult(Target("?", "?"), "plan", "failed",
                                           error=describe_error(future.exception())))  # type: ignore[arg-type]
@@ -124,41 +126,54 @@ class _Pool:
                     finished = True
                     return
         except KeyboardInterrupt:
-            self.stop.set()
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            while not self.results.empty():
-                yield self.results.get_nowait()
+            yield from self.finish()
             raise
         finally:
             if not finished:  # the consumer stopped early: stop scheduling new targets
                 self.stop.set()
             self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def finish(self) -> Iterator[TargetResult]:
+        """Stop: start nothing new, wait for the jobs in flight, and yield what they produced."""
+        self.stop.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        while not self.results.empty():
+            yield self.results.get_nowait()
+
 
 class Runner:
     def __init__(self, task: Task, assumer: RoleAssumer, concurrency: int,
                  stop: threading.Event | None = None,
-                 on_outcome: Callable[[Target, Outcome], None] | None = None) -> None:
-        """`on_outcome` is called from the worker the moment each change is applied (or fails),
-        so the audit log holds every change AWS applied even if the process dies right after."""
+                 on_outcome: Callable[[Target, Outcome], None] | None = None,
+                 on_intent: Callable[[Target, Change], None] | None = None) -> None:
+        """`on_intent` is called from the worker just before each change is applied, `on_outcome`
+        the moment it was applied (or failed): a journal written from them holds every change AWS
+        may have applied, even if the process dies between the call and the record."""
         self.task = task
         self.on_outcome = on_outcome
+        self.on_intent = on_intent
+        self._pool: _Pool | None = None
         self.assumer = assumer
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
         self.discovered = 0  # targets known so far (accounts expand into regions as they go)
         self._lock = threading.Lock()
 
+    def finish(self) -> Iterator[TargetResult]:
+        """After an interrupt outside the result loop: stop, and yield what the jobs in flight produced."""
+        if self._pool is not None:
+            yield from self._pool.finish()
+
     # --- plumbing shared by both phases ----------------------------------------------------
 
-    def _clients(self, target: Target, phase: Phase) -> Callable[[str, Phase], Any]:
+    def _clients(self, target: Target, phase: Phase) -> tuple[Callable[[str, Phase], Any], CallGuard]:
         guard = CallGuard(self.task.name, phase, phase_actions(type(self.task), phase))
         region = aws.HOME_REGION if target.region == GLOBAL_REGION else target.region
 
         def make(service: str, _phase: Phase) -> Any:
             return guard.install(self.assumer.session(target.account_id).client(service, region))
 
-        return make
+        return make, guard
 
     def _regions(self, account: Account, wanted: list[str] | None) -> tuple[list[str], list[str]]:
         """(regions to cover, requested regions not enabled in the account)."""
@@ -176,7 +191,7 @@ class Runner:
              only: dict[str, list[str] | None] | None = None) -> Iterator[TargetResult]:
         """Plan every account x region; `only` narrows some accounts to their own regions (None: all
         enabled), as `--retry-failed` does for exactly the targets that failed before."""
-        pool = _Pool(self.concurrency, self.stop)
+        pool = self._pool = _Pool(self.concurrency, self.stop)
         self.discovered = len(accounts) * (len(regions) if regions else 1)
         for account in accounts:
             wanted = only.get(account.id, regions) if only is not None else regions
@@ -207,9 +222,11 @@ class Runner:
         if self.stop.is_set():
             pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
             return
-        ctx = TaskContext(self.task, target, self._clients(target, "plan"))
+        clients, guard = self._clients(target, "plan")
+        ctx = TaskContext(self.task, target, clients)
         try:
             changes = tuple(self.task.plan(ctx))
+            guard.raise_if_refused()  # a task that swallowed the guard's refusal still fails
             result = TargetResult(target, "plan", "ok", changes=changes, notes=tuple(ctx.notes))
         except Skip as exc:
             result = TargetResult(target, "plan", "skipped", error=str(exc), notes=tuple(ctx.notes))
@@ -221,7 +238,7 @@ class Runner:
 
     def apply(self, plan: dict[Target, list[Change]], armed: Armed) -> Iterator[TargetResult]:
         """Apply exactly the planned changes of the confirmed accounts, one job per target."""
-        pool = _Pool(self.concurrency, self.stop)
+        pool = self._pool = _Pool(self.concurrency, self.stop)
         for target, changes in sorted(plan.items()):
             if changes and armed.covers(target.account_id):
                 pool.submit(self._apply_target, pool, target, changes, armed)
@@ -229,8 +246,9 @@ class Runner:
 
     def _apply_target(self, pool: _Pool, target: Target, changes: list[Change], armed: Armed) -> None:
         outcomes: list[Outcome] = []
+        clients, guard = self._clients(target, "apply")
         try:
-            ctx = ApplyContext(self.task, target, self._clients(target, "apply"), armed)
+            ctx = ApplyContext(self.task, target, clients, armed)
         except Exception as exc:
             pool.results.put(TargetResult(target, "apply", "failed", changes=tuple(changes),
                                           error=describe_error(exc)))
@@ -238,8 +256,11 @@ class Runner:
         for change in changes:
             if self.stop.is_set():
                 break
+            if self.on_intent is not None:
+                self.on_intent(target, change)
             try:
                 status = self.task.apply(ctx, change)
+                guard.raise_if_refused()
                 outcome = Outcome(change, "already done" if status == "already done" else "applied")
             except Drift as exc:
                 outcome = Outcome(change, "drifted", describe_error(exc))

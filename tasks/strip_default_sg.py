@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orgrunner.aws import call, paginate
+from botocore.exceptions import ClientError
+
+from orgrunner.aws import call, error_code, paginate
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
 from tasks._sg_rules import content, default_group, describe_rule, permission, rules_of
 
@@ -104,7 +106,14 @@ class StripDefaultSecurityGroups(Task):
         for egress, operation in ((False, "revoke_security_group_ingress"), (True, "revoke_security_group_egress")):
             ids = [r["SecurityGroupRuleId"] for r in remaining if bool(r.get("IsEgress")) == egress]
             if ids:
-                call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=ids)
+                try:
+                    call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=ids)
+                except ClientError as exc:
+                    # A retry of a revoke AWS already applied (its answer was lost), or a race with a
+                    # manual change: if the rules are gone, the change is done.
+                    still = {r["SecurityGroupRuleId"] for r in rules_of(ec2, group_id)}
+                    if not error_code(exc).endswith("NotFound") or still & set(ids):
+                        raise
         return "applied"
 
     @staticmethod

@@ -113,6 +113,8 @@ def test_requests_are_recorded_with_assume_role_parameters_and_no_secrets(emulat
         "SourceIdentity": "alice",
         "Policy": policy,
         "DurationSeconds": 900,
+        "SerialNumber": None,
+        "TokenCode": None,
     }
     assert describe == {
         "service": "ec2",

@@ -30,7 +30,8 @@ from werkzeug.test import Client
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 DEFAULT_ACCOUNT = "123456789012"
-ASSUME_ROLE_PARAMS = ("RoleArn", "RoleSessionName", "SourceIdentity", "Policy", "DurationSeconds")
+ASSUME_ROLE_PARAMS = ("RoleArn", "RoleSessionName", "SourceIdentity", "Policy", "DurationSeconds", "SerialNumber",
+                      "TokenCode")
 RULE_MATCH_FIELDS = ("service", "operation", "account", "target_account", "region")
 RULE_FIELDS = {*RULE_MATCH_FIELDS, "code", "message", "status", "times", "probability", "latency_ms"}
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")

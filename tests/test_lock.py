@@ -1,0 +1,208 @@
+"""One run at a time per task and organization: a second run exits 75 naming the lock, or waits
+with `--wait-for-lock SECONDS`; another task is not blocked; a killed run's lock blocks nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from orgrunner.sandbox import SandboxOrg
+from tests.cli import Cli, orgrunner_command
+from tests.emulator.client import EmulatorClient, member_client
+
+SLOW_MS = 6000  # the holder's DescribeSecurityGroupRules in us-east-1 (strip-default-sg reads each group's rules)
+PROBE_TASK = '''
+    """lock-probe: reads the VPCs of each region and changes nothing (a test task)."""
+
+    from orgrunner.aws import paginate
+    from orgrunner.task import ApplyContext, Change, Task, TaskContext, register
+
+
+    @register
+    class LockProbe(Task):
+        name = "lock-probe"
+        description = "Read the VPCs; change nothing."
+        destructive = False
+        regional = True
+        plan_actions = ("ec2:DescribeVpcs",)
+        apply_actions = ()
+
+        def plan(self, ctx: TaskContext) -> list[Change]:
+            paginate(ctx.client("ec2"), "describe_vpcs", "Vpcs")
+            return []
+
+        def apply(self, ctx: ApplyContext, change: Change) -> str:
+            raise NotImplementedError
+'''
+
+
+def check(result: subprocess.CompletedProcess[str], code: int) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == code, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def lock_file(cli: Cli, org: SandboxOrg, task: str = "strip-default-sg") -> Path:
+    return cli.home / "state" / "orgrunner" / "locks" / f"{org.organization_id}.{task}.lock"
+
+
+@dataclass
+class Holder:
+    process: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def finish(self, timeout: float = 120) -> int:
+        return self.process.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def holding_the_lock(cli: Cli, emulator: EmulatorClient, org: SandboxOrg, *args: str) -> Iterator[Holder]:
+    """`orgrunner run strip-default-sg ARGS` made slow by the emulator, started in the background;
+    yields once it holds the lock (its pid is in the lock file)."""
+    # only the holder's first read of the rules is slow: the runs after it go at full speed
+    emulator.add_rule(service="ec2", operation="DescribeSecurityGroupRules", region="us-east-1", latency_ms=SLOW_MS,
+                      times=1)
+    out, err = cli.home / f"holder-{time.monotonic_ns()}.out", cli.home / f"holder-{time.monotonic_ns()}.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen([orgrunner_command(), "run", "strip-default-sg", *args], env=cli.env(),
+                                   cwd=cli.home, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    holder = Holder(process, out, err)
+    try:
+        deadline = time.monotonic() + 60
+        path = lock_file(cli, org)
+        while not (path.exists() and f"pid {process.pid} " in path.read_text()):
+            assert process.poll() is None, (process.returncode, err.read_text())
+            assert time.monotonic() < deadline, f"the first run never took the lock: {err.read_text()}"
+            time.sleep(0.05)
+        yield holder
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def probe_tasks(tmp_path: Path) -> Path:
+    folder = tmp_path / "probe-tasks"
+    folder.mkdir(exist_ok=True)
+    (folder / "lock_probe.py").write_text(textwrap.dedent(PROBE_TASK))
+    return folder
+
+
+def run_starts(cli: Cli) -> dict[str, datetime]:
+    return {e["run_id"]: datetime.fromisoformat(e["ts"]) for e in cli.audit() if e["event"] == "run-start"}
+
+
+def run_ends(cli: Cli) -> dict[str, datetime]:
+    return {e["run_id"]: datetime.fromisoformat(e["ts"]) for e in cli.audit() if e["event"] == "run-end"}
+
+
+def rule_count(url: str, account: str, region: str) -> int:
+    ec2 = member_client(url, account, "ec2", region)
+    ids = [g["GroupId"] for g in ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"]]
+    return len(ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": ids}])["SecurityGroupRules"])
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+def test_a_second_run_exits_75_naming_the_lock(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        started = time.monotonic()
+        second = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1"), 75)
+        assert first.process.poll() is None, "the first run ended before the second was refused: make it slower"
+        assert time.monotonic() - started < SLOW_MS / 1000 + 30
+        lines = [line for line in second.stderr.splitlines() if line.startswith("orgrunner: ")]
+        assert len(lines) == 1, second.stderr
+        assert "another run holds the lock" in lines[0]
+        assert str(lock_file(cli, org)) in lines[0]
+        assert f"pid {first.process.pid}" in lines[0]
+        assert "--wait-for-lock" in lines[0]
+        assert second.stdout == ""
+        assert first.finish() == 0, first.err.read_text()
+    # the refused run started nothing: one run in the audit log
+    assert len(run_starts(cli)) == 1
+
+
+def test_waiting_for_the_lock_runs_after_the_first_has_finished(cli: Cli, emulator: EmulatorClient,
+                                                               org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        timed_out = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1",
+                                  "--wait-for-lock", "1"), 75)
+        assert "after waiting 1s" in timed_out.stderr
+        assert first.process.poll() is None, "the first run ended too early: make it slower"
+        second = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1",
+                               "--wait-for-lock", "60"), 0)
+        assert first.process.poll() == 0
+        assert "Plan: 1 account(s), 1 region(s), 1 target(s)" in second.stdout
+    starts, ends = run_starts(cli), run_ends(cli)
+    assert len(starts) == 2 and len(ends) == 2
+    first_id, second_id = sorted(starts, key=starts.__getitem__)
+    assert starts[second_id] >= ends[first_id]  # no overlap
+
+
+def test_another_task_is_not_blocked(cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    account = org.accounts["dev-app-1"]
+    tasks = probe_tasks(tmp_path)
+    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        other = check(cli.run("run", "lock-probe", "--tasks-dir", str(tasks), "--account", account,
+                              "--region", "eu-west-1"), 0)
+        assert "Plan: 1 account(s), 1 region(s), 1 target(s): 0 change(s)" in other.stdout
+        assert first.process.poll() is None, "the first run ended before the other task ran: make it slower"
+        assert lock_file(cli, org, "lock-probe").exists()
+        assert first.finish() == 0
+
+
+def test_a_killed_run_does_not_block_the_next(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        os.kill(first.process.pid, signal.SIGKILL)
+        assert first.finish(30) == -signal.SIGKILL
+    # the killed run left its lock file behind, naming it, and never recorded its end
+    assert f"pid {first.process.pid} " in lock_file(cli, org).read_text()
+    assert len(run_starts(cli)) == 1 and run_ends(cli) == {}
+    emulator.clear_rules()
+
+    started = time.monotonic()
+    nxt = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1"), 0)
+    assert "Plan: 1 account(s), 1 region(s), 1 target(s)" in nxt.stdout
+    assert time.monotonic() - started < 60
+    assert len(run_ends(cli)) == 1
+
+
+def test_an_armed_run_is_not_blocked_by_a_killed_armed_run(cli: Cli, emulator: EmulatorClient,
+                                                           org: SandboxOrg) -> None:
+    account = org.accounts["sandbox-1"]
+    with holding_the_lock(cli, emulator, org, "--arm", "--confirm-accounts", account, "--account", account,
+                          "--region", "us-east-1") as first:
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.finish(30)
+    emulator.clear_rules()
+    assert rule_count(emulator.url, account, "us-east-1") == 5  # killed while planning: nothing applied
+    check(cli.run("run", "strip-default-sg", "--arm", "--confirm-accounts", account, "--account", account,
+                  "--region", "us-east-1"), 0)
+    assert rule_count(emulator.url, account, "us-east-1") == 0
+
+
+def test_undo_shares_the_lock_of_its_task(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-2"]
+    check(cli.run("run", "strip-default-sg", "--arm", "--confirm-accounts", account, "--account", account,
+                  "--region", "eu-west-1"), 0)
+    run_id = [e["run_id"] for e in cli.audit() if e["event"] == "run-start"][-1]
+    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        undo = cli.run("undo", run_id, "--arm", "--confirm-accounts", account)
+        assert undo.returncode == 75, (undo.returncode, undo.stderr[-2000:])
+        assert first.process.poll() is None, "the first run ended too early: make it slower"
+        assert "another run holds the lock" in undo.stderr
+        assert rule_count(emulator.url, account, "eu-west-1") == 0  # nothing restored
+        assert first.finish() == 0
