@@ -17,8 +17,8 @@ from botocore.exceptions import ClientError
 from orgrunner import aws
 from orgrunner.errors import InputError, SafetyRefusal
 
-ACCOUNT_ID = re.compile(r"^\d{12}$")
-OU_ID = re.compile(r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$")
+ACCOUNT_ID = re.compile(r"\A[0-9]{12}\Z")
+OU_ID = re.compile(r"\A(ou-[0-9a-z]{4,32}-[0-9a-z]{8,32}|r-[0-9a-z]{4,32})\Z")
 
 
 @dataclass(frozen=True)

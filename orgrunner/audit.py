@@ -20,6 +20,9 @@ from orgrunner.errors import InputError
 # Access key ids look alike; secret keys and session tokens do not, so every one this process
 # holds is registered (`register_secret`) and removed wherever it would appear.
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b")
+# Credentials quoted from an answer that could not be parsed (so never registered).
+_QUOTED = re.compile(r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)"
+                     r"|(\"(SecretAccessKey|SessionToken)\"\s*:\s*\")[^\"]*")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
@@ -37,6 +40,7 @@ def scrub(text: str) -> str:
     for secret in known:
         if secret in text:
             text = text.replace(secret, "[redacted]")
+    text = _QUOTED.sub(lambda m: (m.group(1) or m.group(4)) + "[redacted]" + (m.group(3) or ""), text)
     return _KEY_ID.sub("[redacted]", text)
 
 

@@ -32,7 +32,7 @@ HOME_REGION = "us-east-1"  # Organizations, IAM and other global APIs answer her
 RETRYABLE_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
     "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "RequestThrottled",
-    "EC2ThrottledException", "ServiceUnavailable", "InternalError", "InternalFailure",
+    "EC2ThrottledException", "ServiceUnavailable", "InternalError", "InternalFailure", "ServiceException",
 })
 TRANSIENT_ERRORS = (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError)
 
@@ -49,12 +49,21 @@ def shared_loader() -> botocore.loaders.Loader:
         return _shared_loader
 
 
-def client_config(max_pool_connections: int = 10, max_attempts: int = 5) -> Config:
+def _env_number(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def client_config(max_pool_connections: int = 10) -> Config:
+    """Standard retry mode (AWS_MAX_ATTEMPTS, default 5 attempts); timeouts from
+    ORGRUNNER_CONNECT_TIMEOUT / ORGRUNNER_READ_TIMEOUT (seconds, default 10 / 30)."""
     return Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "max_attempts": int(_env_number("AWS_MAX_ATTEMPTS", 5))},
         max_pool_connections=max_pool_connections,
-        connect_timeout=10,
-        read_timeout=30,
+        connect_timeout=_env_number("ORGRUNNER_CONNECT_TIMEOUT", 10),
+        read_timeout=_env_number("ORGRUNNER_READ_TIMEOUT", 30),
         user_agent_extra=USER_AGENT,
     )
 

@@ -17,27 +17,43 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from botocore.exceptions import BotoCoreError, ClientError
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from orgrunner import __version__, aws, journal
-from orgrunner.accounts import Organization, Selection, Selectors, parse_tags
+from orgrunner.accounts import ACCOUNT_ID, Organization, Selection, Selectors, parse_tags
 from orgrunner.audit import scrub
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
-from orgrunner.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, InputError, OrgrunnerError, SafetyRefusal, Terminated
+from orgrunner.errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_TARGETS_FAILED,
+    EXIT_TERMINATED,
+    InputError,
+    OrgrunnerError,
+    SafetyRefusal,
+    Terminated,
+)
 from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions
 from orgrunner.planfile import load as load_plan
 from orgrunner.policy import session_policy
+from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
 from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
 from orgrunner.undo import reversal
 
-ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+ROLE_ARN = re.compile(r"\Aarn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}\Z")
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; "
     "3 refused by a safety rule; 4 changes pending (--fail-on-changes); 70 internal error; "
-    "75 another run holds the lock; 130 interrupted."
+    "75 another run holds the lock; 130 interrupted; 143 terminated."
 )
 
 app = typer.Typer(
@@ -130,12 +146,21 @@ def caller_session(hop: Hop) -> tuple[aws.Session, Caller]:
     return session, caller
 
 
-def validate_regions(regions: list[str]) -> list[str]:
+def validate_regions(regions: list[str], where: str = "--region") -> list[str]:
     known = aws.known_regions()
     for region in regions:
         if region not in known:
-            raise InputError(f"--region {region!r}: unknown region")
+            raise InputError(f"{where} {region!r}: unknown region")
     return list(dict.fromkeys(regions))
+
+
+def writable_file(flag: str, path: Path) -> None:
+    """Refuse, before any AWS call, a file path orgrunner could not write when results arrive."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"{flag} {path}: not a writable file path")
 
 
 def print_selection(selection: Selection) -> None:
@@ -325,7 +350,10 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
         raise InputError("--confirm-accounts and --confirm-protected only make sense with --arm")
     settings = load_settings(config, role_name=role_name, concurrency=concurrency, audit_log=audit_log)
     regions = validate_regions(region) if region else (
-        validate_regions(settings.regions) if settings.regions else None)
+        validate_regions(settings.regions, "regions in the settings file") if settings.regions else None)
+    for flag, path in (("--report", report), ("--audit-log", settings.audit_log)):
+        if path is not None:
+            writable_file(flag, path)
     hop.duration = settings.session_duration
     options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok), report=report,
                          output_format="json" if output == "json" else "text", wait_for_lock=wait_for_lock,
@@ -346,10 +374,13 @@ def failed_targets(report: Path, task: str) -> dict[str, list[str] | None]:
             continue
         try:
             record = json.loads(line)
+            account_id, region = str(record["account"]), str(record["region"])
             if record["task"] == task:
-                last[(str(record["account"]), str(record["region"]))] = str(record["status"])
+                last[(account_id, region)] = str(record["status"])
         except (ValueError, KeyError, TypeError):
             raise InputError(f"--retry-failed {report}:{number}: not a report line") from None
+        if not ACCOUNT_ID.match(account_id) or not (region in ("*", GLOBAL_REGION) or region in aws.known_regions()):
+            raise InputError(f"--retry-failed {report}:{number}: invalid account {account_id!r} or region {region!r}")
     only: dict[str, list[str] | None] = {}
     for (account_id, region), status in sorted(last.items()):
         if status != "failed":
@@ -403,9 +434,8 @@ def run(
         raise InputError("--plan-out saves a dry run's plan; apply it later with `orgrunner apply`")
     if fail_on_changes and arm:
         raise InputError("--fail-on-changes is for dry runs")
-    if plan_out is not None and (plan_out.is_dir() or not plan_out.parent.is_dir()
-                                 or not os.access(plan_out.parent, os.W_OK)):
-        raise InputError(f"--plan-out {plan_out}: not a writable file path")
+    if plan_out is not None:
+        writable_file("--plan-out", plan_out)
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     only = None
     if retry_failed is not None:
@@ -551,13 +581,31 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:  # one line naming the problem, not a usage block
+        hint = f" (see `orgrunner {exc.ctx.info_name} --help`)" if exc.ctx and exc.ctx.parent else \
+            " (see `orgrunner --help`)"
+        err(f"orgrunner: {exc.format_message()}{hint}")
+        sys.exit(EXIT_INPUT)
+    except click_errors.ClickException as exc:
+        err(f"orgrunner: {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err("orgrunner: interrupted")
+        sys.exit(EXIT_INTERRUPTED)
     except OrgrunnerError as exc:
         err(f"orgrunner: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         err("orgrunner: interrupted")
         sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+    except (ClientError, BotoCoreError) as exc:  # an AWS failure outside any target (Organizations down)
+        err(f"orgrunner: {describe_error(exc)}")
+        sys.exit(EXIT_TARGETS_FAILED)
     except Exception as exc:  # a bug: one line, not a traceback, unless asked for
         if os.environ.get("ORGRUNNER_DEBUG"):
             raise

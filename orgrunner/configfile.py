@@ -7,6 +7,7 @@ missing field or a duplicate key gives one line such as
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,9 +61,21 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 50
+_REPR.maxlist = _REPR.maxdict = 4
+_REPR.maxlevel = 2
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded rendering: an alias bomb or a huge value must not blow up the error line."""
+    text = " ".join(_REPR.repr(value).split())
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _part(part: int | str) -> str:
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def parse(text: str, source: str, model: type[M]) -> M:
@@ -87,7 +100,7 @@ def parse(text: str, source: str, model: type[M]) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc) or "(top)"
+        path = ".".join(_part(p) for p in loc) or "(top)"
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else source
         got = "" if err["type"] == "missing" else f" (got {_short(err.get('input'))})"

@@ -39,6 +39,8 @@ class Armed:
 
 def parse_account_list(text: str, flag: str = "--confirm-accounts") -> set[str]:
     ids = {p for p in re.split(r"[\s,]+", text.strip()) if p}
+    if not ids:
+        raise InputError(f"{flag}: no account ids given")
     bad = sorted(i for i in ids if not ACCOUNT_ID.match(i))
     if bad:
         raise InputError(f"{flag}: {bad[0]!r} is not a 12-digit account id")

@@ -16,7 +16,7 @@ from orgrunner.audit import now, scrub
 from orgrunner.errors import InputError
 from orgrunner.task import Change
 
-RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+RUN_ID = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\Z")
 
 
 def journal_dir(state_dir: Path) -> Path:

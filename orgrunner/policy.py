@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # our compact rendering). The packed binary form has its own limit; keeping the plaintext well
 # under 2,048 with one statement keeps the packed size low as well.
 MAX_POLICY_CHARS = 2048
-ACTION = re.compile(r"^[a-z0-9-]+:[A-Z][A-Za-z0-9]+$")
+ACTION = re.compile(r"\A[a-z0-9-]+:[A-Z][A-Za-z0-9]+\Z")
 READ_PREFIXES = ("Describe", "Get", "List", "Search", "Lookup", "BatchGet", "Select")
 
 # Actions the engine itself performs with the task's credentials, added to every plan policy.

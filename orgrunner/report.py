@@ -52,6 +52,9 @@ class Reporter:
         print(scrub(line), file=self.out, flush=True)
 
     def result(self, result: TargetResult) -> None:
+        if self._report is not None:  # the file first: an interrupt while printing must not lose it
+            self._report.write(scrub(json.dumps(result.record(self.task, self.run_id), default=str)) + "\n")
+            self._report.flush()
         tally = self.tallies[result.phase]
         target = result.target
         tally.targets += 1
@@ -74,9 +77,6 @@ class Reporter:
             self._planned(result, tally, head)
         else:
             self._applied(result, tally, head)
-        if self._report is not None:
-            self._report.write(scrub(json.dumps(result.record(self.task, self.run_id), default=str)) + "\n")
-            self._report.flush()
 
     def _planned(self, result: TargetResult, tally: Tally, head: str) -> None:
         if result.status != "ok":

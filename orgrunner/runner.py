@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from orgrunner import aws
 from orgrunner.accounts import Account
@@ -74,6 +75,8 @@ def describe_error(exc: BaseException) -> str:
         err = exc.response.get("Error", {})
         op = getattr(exc, "operation_name", "")
         text = f"{op}: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip(": ")
+    elif isinstance(exc, ResponseParserError):  # its text quotes the raw answer, credentials and all
+        text = f"unreadable answer from AWS: {str(exc).splitlines()[0][:200]}"
     elif isinstance(exc, OrgrunnerError | BotoCoreError):
         text = str(exc)
     else:
@@ -94,11 +97,18 @@ class _Pool:
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="orgrunner")
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def submit(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Schedule a job; False once the pool is stopping (nothing new starts after an interrupt)."""
         with self._lock:
-            future = self._executor.submit(fn, *args)
+            if self.stop.is_set():
+                return False
+            try:
+                future = self._executor.submit(fn, *args)
+            except RuntimeError:  # shut down between the check and the submit
+                return False
             self._pending.add(future)
         future.add_done_callback(self._done)
+        return True
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:
@@ -180,7 +190,8 @@ class Runner:
         if not type(self.task).regional:
             return [GLOBAL_REGION], []
         ec2 = self.assumer.session(account.id).client("ec2", aws.HOME_REGION)
-        enabled = sorted(r["RegionName"] for r in aws.call(ec2, "describe_regions")["Regions"])
+        enabled = sorted(r["RegionName"] for r in aws.call(ec2, "describe_regions")["Regions"]
+                         if r.get("OptInStatus") != "not-opted-in")
         if wanted is None:
             return enabled, []
         return [r for r in wanted if r in enabled], [r for r in wanted if r not in enabled]
@@ -216,7 +227,9 @@ class Runner:
             pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "skipped",
                                           error="region not enabled in this account"))
         for region in regions:
-            pool.submit(self._plan_target, pool, Target(account.id, region, account.name))
+            target = Target(account.id, region, account.name)
+            if not pool.submit(self._plan_target, pool, target):
+                pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
 
     def _plan_target(self, pool: _Pool, target: Target) -> None:
         if self.stop.is_set():
@@ -259,9 +272,11 @@ class Runner:
             if self.on_intent is not None:
                 self.on_intent(target, change)
             try:
+                ctx.applied = None
                 status = self.task.apply(ctx, change)
                 guard.raise_if_refused()
-                outcome = Outcome(change, "already done" if status == "already done" else "applied")
+                done = ctx.applied or change  # what the task says it really did, if narrower
+                outcome = Outcome(done, "already done" if status == "already done" else "applied")
             except Drift as exc:
                 outcome = Outcome(change, "drifted", describe_error(exc))
             except Exception as exc:

@@ -36,7 +36,7 @@ class ProtectedAccounts(BaseModel):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role_name: str = Field("OrganizationAccountAccessRole", pattern=r"^[\w+=,.@-]{1,64}$")
+    role_name: str = Field("OrganizationAccountAccessRole", pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")
     concurrency: int = Field(16, ge=1, le=256)
     session_duration: int = Field(3600, ge=900, le=43200, description="AssumeRole DurationSeconds")
     external_id: str | None = None

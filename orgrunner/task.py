@@ -25,7 +25,7 @@ from orgrunner.errors import TaskLoadError
 
 Phase = Literal["plan", "apply"]
 GLOBAL_REGION = "global"
-TASK_NAME = re.compile(r"^[a-z][a-z0-9-]{1,48}[a-z0-9]$")
+TASK_NAME = re.compile(r"\A[a-z][a-z0-9-]{1,48}[a-z0-9]\Z")
 
 
 @dataclass(frozen=True, order=True)
@@ -172,6 +172,12 @@ class ApplyContext(TaskContext):
             raise TypeError("an apply context needs the Armed value of a confirmation covering its account")
         super().__init__(task, target, clients)
         self.armed = armed
+        self.applied: Change | None = None
+
+    def narrow(self, change: Change) -> None:
+        """Record what this apply really did when it is less than the planned change (say, some
+        rules were already gone): the journal keeps this, so undo restores only what was done."""
+        self.applied = change
 
 
 def configure(cls: type[Task], config_dir: Path) -> Task:

@@ -16,6 +16,7 @@ as the run left it (no rules); a group that has changed since is left alone and 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -103,18 +104,28 @@ class StripDefaultSecurityGroups(Task):
         remaining = [planned[i] for i in sorted(planned) if i in live]
         if not remaining:
             return "already done"
+        if len(remaining) < len(planned):  # someone removed some already: undo restores only ours
+            ctx.narrow(replace(change, before={**change.before, "rules": remaining},
+                               undo={**change.undo, "rules": remaining}))
         for egress, operation in ((False, "revoke_security_group_ingress"), (True, "revoke_security_group_egress")):
             ids = [r["SecurityGroupRuleId"] for r in remaining if bool(r.get("IsEgress")) == egress]
             if ids:
-                try:
-                    call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=ids)
-                except ClientError as exc:
-                    # A retry of a revoke AWS already applied (its answer was lost), or a race with a
-                    # manual change: if the rules are gone, the change is done.
-                    still = {r["SecurityGroupRuleId"] for r in rules_of(ec2, group_id)}
-                    if not error_code(exc).endswith("NotFound") or still & set(ids):
-                        raise
+                self._revoke(ec2, operation, group_id, ids)
         return "applied"
+
+    @staticmethod
+    def _revoke(ec2: Any, operation: str, group_id: str, ids: list[str]) -> None:
+        try:
+            call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=ids)
+        except ClientError as exc:
+            # A retried revoke AWS already applied (its answer was lost), or a rule removed by hand
+            # meanwhile: AWS refuses the whole call, so revoke what is still there, if anything.
+            if not error_code(exc).endswith("NotFound"):
+                raise
+            still = {r["SecurityGroupRuleId"] for r in rules_of(ec2, group_id)}
+            left = [i for i in ids if i in still]
+            if left:
+                call(ec2, operation, GroupId=group_id, SecurityGroupRuleIds=left)
 
     @staticmethod
     def _restore(ec2: Any, change: Change) -> str:
