@@ -158,7 +158,10 @@ class Organization:
         if selectors.ous:
             under: set[str] = set()
             for ou in selectors.ous:
-                under |= self.accounts_under(ou)
+                try:
+                    under |= self.accounts_under(ou)
+                except InputError:
+                    raise InputError(f"--ou {ou}: no such OU or root in this organization") from None
             chosen = [a for a in chosen if a.id in under]
         targets: list[Account] = []
         skipped: list[tuple[Account, str]] = []

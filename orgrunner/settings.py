@@ -42,16 +42,16 @@ class Settings(BaseModel):
     external_id: str | None = None
     audit_log: Path | None = None
     regions: list[str] | None = Field(None, description="default regions; all enabled ones if unset")
-    protected_accounts: ProtectedAccounts | list[str] = Field(default_factory=ProtectedAccounts)
+    protected_accounts: ProtectedAccounts = Field(default_factory=ProtectedAccounts)
 
-    @field_validator("protected_accounts")
+    @field_validator("protected_accounts", mode="before")
     @classmethod
-    def _protected(cls, value: ProtectedAccounts | list[str]) -> ProtectedAccounts:
-        return ProtectedAccounts(ids=value) if isinstance(value, list) else value
+    def _protected(cls, value: Any) -> Any:
+        """A plain list is short for `{ids: [...]}`."""
+        return {"ids": value} if isinstance(value, list) else value
 
     def protection(self) -> Protection:
         protected = self.protected_accounts
-        assert isinstance(protected, ProtectedAccounts)
         return Protection(ids=frozenset(protected.ids), name_patterns=tuple(protected.name_patterns))
 
 
