@@ -32,7 +32,7 @@ from orgrunner.errors import SafetyRefusal
 from orgrunner.identity import operator_name
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
-from tests.emulator.client import EmulatorClient, aws_client, member_client
+from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids
 
 REGION = "us-east-1"
 BROKEN = str(Path(__file__).parent / "broken_tasks")
@@ -44,11 +44,7 @@ AWS_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
 
 
 def default_rules(emulator: EmulatorClient, account: str, region: str = REGION) -> list[str]:
-    ec2 = member_client(emulator.url, account, "ec2", region)
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])
-    ids = [g["GroupId"] for g in groups["SecurityGroups"]]
-    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": ids}])
-    return sorted(r["SecurityGroupRuleId"] for r in rules["SecurityGroupRules"])
+    return default_rule_ids(emulator.url, account, region)
 
 
 def long_term_env(cli: Cli) -> dict[str, str]:

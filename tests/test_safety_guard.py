@@ -19,19 +19,14 @@ from orgrunner.errors import CallNotAllowed
 from orgrunner.guard import CallGuard
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
-from tests.emulator.client import EmulatorClient, member_client
+from tests.emulator.client import EmulatorClient, default_rule_ids
 
 BROKEN = str(Path(__file__).parent / "broken_tasks")
 REGION = "us-east-1"
 
 
 def default_rules(emulator: EmulatorClient, account: str, region: str = REGION) -> list[str]:
-    """The rule ids of the account's default security groups in `region`."""
-    ec2 = member_client(emulator.url, account, "ec2", region)
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])
-    ids = [g["GroupId"] for g in groups["SecurityGroups"]]
-    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": ids}])
-    return sorted(r["SecurityGroupRuleId"] for r in rules["SecurityGroupRules"])
+    return default_rule_ids(emulator.url, account, region)
 
 
 def revokes(emulator: EmulatorClient) -> list[dict[str, Any]]:

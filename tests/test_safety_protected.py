@@ -17,7 +17,7 @@ import pytest
 
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
-from tests.emulator.client import EmulatorClient, aws_client, member_client
+from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids, member_client
 
 REGION = "us-east-1"
 
@@ -37,11 +37,7 @@ def config(tmp_path: Path, org: SandboxOrg) -> str:
 
 
 def default_rules(emulator: EmulatorClient, account: str, region: str = REGION) -> list[str]:
-    ec2 = member_client(emulator.url, account, "ec2", region)
-    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])
-    ids = [g["GroupId"] for g in groups["SecurityGroups"]]
-    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": ids}])
-    return sorted(r["SecurityGroupRuleId"] for r in rules["SecurityGroupRules"])
+    return default_rule_ids(emulator.url, account, region)
 
 
 def planned_accounts(stdout: str) -> set[str]:

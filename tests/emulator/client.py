@@ -108,3 +108,12 @@ class EmulatorClient:
     def env(self) -> dict[str, str]:
         """A full environment for a subprocess run against the emulator (no other AWS_* set)."""
         return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **self.aws_env()}
+
+
+def default_rule_ids(emulator_url: str, account_id: str, region: str) -> list[str]:
+    """The rule ids of the account's default security groups in `region`."""
+    ec2 = member_client(emulator_url, account_id, "ec2", region)
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])
+    ids = [g["GroupId"] for g in groups["SecurityGroups"]]
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": ids}])
+    return sorted(r["SecurityGroupRuleId"] for r in rules["SecurityGroupRules"])
