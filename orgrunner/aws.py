@@ -85,6 +85,7 @@ class Session:
     def __init__(self, botocore_session: botocore.session.Session, config: Config | None = None) -> None:
         self._session = botocore_session
         self._session.register_component("data_loader", shared_loader())
+        self._session.register("after-call.*.*", _count_retries)
         _install_emulator_hooks(self._session)
         self._config = config or client_config()
         self._lock = threading.Lock()
@@ -142,11 +143,41 @@ def is_retryable(exc: BaseException) -> bool:
     return error_code(exc) in RETRYABLE_CODES or isinstance(exc, TRANSIENT_ERRORS)
 
 
+class RetryCount:
+    """Retries made in this process: botocore's own (per call) and orgrunner's backoff on top."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.botocore = 0
+        self.backoff = 0
+
+    def add(self, botocore: int = 0, backoff: int = 0) -> None:
+        with self._lock:
+            self.botocore += botocore
+            self.backoff += backoff
+
+    @property
+    def total(self) -> int:
+        return self.botocore + self.backoff
+
+
+RETRIES = RetryCount()
+
+
+def _count_retries(**kwargs: Any) -> None:
+    """after-call hook: botocore reports the retries behind each answer, success or error."""
+    parsed = kwargs.get("parsed")
+    attempts = parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0) if isinstance(parsed, dict) else 0
+    if attempts:
+        RETRIES.add(botocore=int(attempts))
+
+
 def _retrying(attempts: int) -> Retrying:
     return Retrying(
         retry=retry_if_exception(is_retryable),
         wait=wait_random_exponential(multiplier=0.5, max=20),
         stop=stop_after_attempt(attempts),
+        before_sleep=lambda _: RETRIES.add(backoff=1),
         reraise=True,
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orgrunner.audit import AuditLog, scrub
+from orgrunner.aws import RETRIES
 from orgrunner.errors import InputError
 from orgrunner.runner import TargetResult
 
@@ -109,7 +110,7 @@ class Reporter:
         t = self.tallies[phase]
         return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
                 "accounts": len(t.accounts), "accounts_with_changes": len(t.accounts_with_changes),
-                "outcomes": dict(t.outcomes)}
+                "outcomes": dict(t.outcomes), "retries_so_far": RETRIES.total}
 
     @contextlib.contextmanager
     def progress(self, phase: str, estimate: int, discovered: Callable[[], int] | None = None) -> Iterator[None]:
@@ -143,12 +144,19 @@ class Reporter:
         t = self.tallies["plan"]
         return (f"Plan: {len(t.accounts)} account(s), {len(t.regions)} region(s), {t.targets} target(s): "
                 f"{t.changes} change(s) in {len(t.accounts_with_changes)} account(s); "
-                f"{t.failed} failed, {t.skipped} skipped.")
+                f"{t.failed} failed, {t.skipped} skipped{self._retries()}.")
+
+    @staticmethod
+    def _retries() -> str:
+        if not RETRIES.total:
+            return ""
+        return f"; {RETRIES.total} retries ({RETRIES.botocore} by botocore, {RETRIES.backoff} backoffs)"
 
     def apply_summary(self) -> str:
         t = self.tallies["apply"]
         counts = ", ".join(f"{n} {status}" for status, n in sorted(t.outcomes.items())) or "nothing"
-        return f"Apply: {t.targets} target(s) in {len(t.accounts)} account(s): {counts}; {t.failed} target(s) failed."
+        return (f"Apply: {t.targets} target(s) in {len(t.accounts)} account(s): {counts}; "
+                f"{t.failed} target(s) failed{self._retries()}.")
 
     def close(self) -> None:
         if self._report is not None:

@@ -284,7 +284,10 @@ def test_each_fault_fails_only_its_own_targets_and_retry_failed_reruns_exactly_t
     assert records[(g, "eu-west-1")]["error"] == "region not enabled in this account"
     for target in failed:
         assert re.search(rf"^{target[0]} .* {target[1]} +FAILED: \S", result.stdout, re.M), target
-    assert "16 target(s): 9 change(s) in 6 account(s); 6 failed, 1 skipped." in result.stdout
+    assert "16 target(s): 9 change(s) in 6 account(s); 6 failed, 1 skipped; " in result.stdout
+    # the summary reports the retries (botocore's own and orgrunner's backoffs)
+    assert re.search(r"; [1-9]\d* retries \(\d+ by botocore, [1-9]\d* backoffs\)\.", result.stdout), \
+        result.stdout[-500:]
 
     requests = new_requests(emulator, mark)
     # the denied account was tried once and got no further
@@ -380,7 +383,7 @@ def test_an_answer_with_missing_or_odd_fields_fails_that_target_cleanly_never_th
         assert "\n" not in records[account]["error"]
     for account in fine:
         assert records[account]["status"] == "ok" and len(records[account]["changes"]) == 1
-    assert "8 target(s): 3 change(s) in 3 account(s); 5 failed, 0 skipped." in result.stdout
+    assert "8 target(s): 3 change(s) in 3 account(s); 5 failed, 0 skipped" in result.stdout
 
 
 def test_an_answer_without_its_result_list_fails_the_target_instead_of_planning_nothing(
