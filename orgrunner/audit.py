@@ -23,6 +23,8 @@ _KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b")
 # Credentials quoted from an answer that could not be parsed (so never registered).
 _QUOTED = re.compile(r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)"
                      r"|(\"(SecretAccessKey|SessionToken)\"\s*:\s*\")[^\"]*")
+# A long base64 run with digits and both cases, as session tokens are (prose and URLs rarely are).
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9/+=]{80,}")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
@@ -41,7 +43,15 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "[redacted]")
     text = _QUOTED.sub(lambda m: (m.group(1) or m.group(4)) + "[redacted]" + (m.group(3) or ""), text)
+    text = _TOKEN_LIKE.sub(_token_like, text)
     return _KEY_ID.sub("[redacted]", text)
+
+
+def _token_like(match: re.Match[str]) -> str:
+    run = match.group(0)
+    digits = sum(c.isdigit() for c in run)
+    looks_random = digits >= 2 and any(c.isupper() for c in run) and any(c.islower() for c in run)
+    return "[redacted]" if looks_random else run
 
 
 def now() -> str:

@@ -191,7 +191,7 @@ def test_apply_in_a_centrally_configured_member_reports_it() -> None:
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
-    (f"standards:\n  {FSBP}:\n    IAM.6:\n      status: DISABLED\n", 4,
+    (f"standards:\n  {FSBP}:\n    IAM.6:\n      status: DISABLED\n", 3,
      f"standards.{FSBP}.IAM.6: Value error, a reason is required to disable a control"),
     (f"standards:\n  {FSBP}:\n    IAM.6: {{status: ENABLED, note: x}}\n", 3,
      f"standards.{FSBP}.IAM.6.note: Extra inputs are not permitted"),
