@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -421,11 +422,13 @@ def section_throttle(org: Org, args: argparse.Namespace, regions: list[str]) -> 
             if not share:
                 baseline[tool] = r["wall"]
             r["vs_unthrottled"] = r["wall"] / baseline[tool] if tool in baseline else None
-            r["retries_reported"] = "retr" in r["summary"].lower()
+            reported = re.search(r"(\d+) retries", r["summary"])
+            r["retries_reported"] = int(reported.group(1)) if reported else None
             rows.append(r)
         table(rows, [("tool", "tool", ""), ("wall", "wall s", ".2f"), ("vs_unthrottled", "vs unthrottled", ".2f"),
                      ("ok", "targets ok", "d"), ("failed", "failed", "d"), ("throttled", "throttles injected", "d"),
-                     ("requests", "requests", "d"), ("cpu_total", "client CPU s", ".2f")])
+                     ("retries_reported", "retries in its summary", "d"), ("requests", "requests", "d"),
+                     ("cpu_total", "client CPU s", ".2f")])
         for r in rows:
             if r["errors"]:
                 say(f"  {r['tool']}: errors {r['errors']}")
@@ -510,7 +513,7 @@ def verdicts(args: argparse.Namespace, tools: list[dict[str, Any]], clients: lis
                 continue
             say(f"- throttled {r['share']:.0%}, {r['tool']}: {r['ok']}/{r['targets']} targets, "
                 f"{r['throttled']} throttles absorbed, wall x{(r['vs_unthrottled'] or 0):.2f}; retries in its summary: "
-                f"{'yes' if r['retries_reported'] else 'NO'}")
+                + ("NO" if r["retries_reported"] is None else f"{r['retries_reported']}"))
     if memory:
         mine = [r for r in memory if r["tool"] == "orgrunner"]
         if len(mine) >= 2:

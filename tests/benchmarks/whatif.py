@@ -24,6 +24,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import botocore.client
@@ -192,7 +193,7 @@ def lean_sessions() -> None:
                 meta = self._assume(account_id)
                 creds = cr._RoleCredentials(
                     duration=self._request.duration, access_key=meta["access_key"], secret_key=meta["secret_key"],
-                    token=meta["token"], expiry_time=cr.datetime.fromisoformat(meta["expiry_time"]),
+                    token=meta["token"], expiry_time=datetime.fromisoformat(meta["expiry_time"]),
                     refresh_using=lambda: self._assume(account_id), method="sts-assume-role")
                 cached = self._cache[account_id] = Light(creds)
             return cached
