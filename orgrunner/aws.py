@@ -8,10 +8,12 @@ standard retry mode (which knows throttling codes such as Organizations'
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import botocore.credentials
@@ -66,6 +68,55 @@ def client_config(max_pool_connections: int = 10) -> Config:
         read_timeout=_env_number("ORGRUNNER_READ_TIMEOUT", 30),
         user_agent_extra=USER_AGENT,
     )
+
+
+_acting_for: contextvars.ContextVar[Callable[[], botocore.credentials.Credentials] | None] = \
+    contextvars.ContextVar("orgrunner_acting_for", default=None)
+
+
+class AccountCredentials(botocore.credentials.Credentials):
+    """The credentials of whichever account the current job works for (see `acting_for`).
+
+    One client per service and region then serves every account: client creation, the costly
+    part of botocore, happens a handful of times per run instead of once per target, and
+    connections are reused across accounts. A call made outside any job (a thread a task started
+    itself) finds no account and fails closed instead of signing for the wrong one."""
+
+    def __init__(self) -> None:  # no static keys: every read goes to the job's credentials
+        self.method = "orgrunner-per-job"
+        self.account_id = None
+
+    def _current(self) -> botocore.credentials.Credentials:
+        source = _acting_for.get()
+        if source is None:
+            raise RuntimeError("an AWS call outside any orgrunner job (from a thread the engine did not start)")
+        return source()
+
+    def get_frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
+        frozen: botocore.credentials.ReadOnlyCredentials = self._current().get_frozen_credentials()
+        return frozen
+
+    @property
+    def access_key(self) -> str:  # type: ignore[override]
+        return str(self.get_frozen_credentials().access_key)
+
+    @property
+    def secret_key(self) -> str:  # type: ignore[override]
+        return str(self.get_frozen_credentials().secret_key)
+
+    @property
+    def token(self) -> str | None:  # type: ignore[override]
+        return self.get_frozen_credentials().token
+
+
+@contextlib.contextmanager
+def acting_for(credentials: Callable[[], botocore.credentials.Credentials]) -> Iterator[None]:
+    """Within this block (this thread), clients of an `AccountCredentials` session sign as `credentials()`."""
+    token = _acting_for.set(credentials)
+    try:
+        yield
+    finally:
+        _acting_for.reset(token)
 
 
 class _CredentialedSession(botocore.session.Session):

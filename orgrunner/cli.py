@@ -44,6 +44,7 @@ from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions
 from orgrunner.planfile import load as load_plan
 from orgrunner.policy import session_policy
+from orgrunner.report import Tally, summarize
 from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
 from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
@@ -154,10 +155,11 @@ def validate_regions(regions: list[str], where: str = "--region") -> list[str]:
     return list(dict.fromkeys(regions))
 
 
-def writable_file(flag: str, path: Path) -> None:
-    """Refuse, before any AWS call, a file path orgrunner could not write when results arrive."""
+def writable_file(flag: str, path: Path, create_parents: bool = True) -> None:
+    """Refuse, before any AWS call, a file path orgrunner could not write when results arrive
+    (logs and reports create their missing folders; a plan file's folder must exist)."""
     folder = path.parent
-    while not folder.exists() and folder != folder.parent:
+    while create_parents and not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise InputError(f"{flag} {path}: not a writable file path")
@@ -329,7 +331,8 @@ class Common:
             err("no accounts match the selectors; nothing to do")
             if self.options.output_format == "json":
                 print(json.dumps({"run_id": None, "task": task.name, "status": "nothing to do", "exit_code": 0,
-                                  "plan": {}, "apply": {}, "failed_targets": []}, indent=2))
+                                  "plan": summarize(Tally()), "apply": summarize(Tally()), "failed_targets": []},
+                                 indent=2))
             return
         code = Pipeline(task, self.settings, session, caller, selection, self.selectors, self.regions,
                         self.options).execute()
@@ -435,7 +438,7 @@ def run(
     if fail_on_changes and arm:
         raise InputError("--fail-on-changes is for dry runs")
     if plan_out is not None:
-        writable_file("--plan-out", plan_out)
+        writable_file("--plan-out", plan_out, create_parents=False)
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     only = None
     if retry_failed is not None:

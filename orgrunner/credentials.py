@@ -75,9 +75,9 @@ def assume(sts: Any, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def refreshable_session(metadata: dict[str, Any], duration: int,
-                        refresh: Callable[[], dict[str, Any]]) -> aws.Session:
-    creds = _RoleCredentials(
+def refreshable_credentials(metadata: dict[str, Any], duration: int,
+                            refresh: Callable[[], dict[str, Any]]) -> botocore.credentials.Credentials:
+    return _RoleCredentials(
         duration=duration,
         access_key=metadata["access_key"],
         secret_key=metadata["secret_key"],
@@ -86,7 +86,6 @@ def refreshable_session(metadata: dict[str, Any], duration: int,
         refresh_using=refresh,
         method="sts-assume-role",
     )
-    return aws.Session.from_credentials(creds)
 
 
 def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
@@ -113,7 +112,7 @@ def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
             raise SafetyRefusal(f"the MFA session for {role_arn} expired; run again with a new token")
         return assume(sts, params)
 
-    return refreshable_session(metadata, duration, refresh)
+    return aws.Session.from_credentials(refreshable_credentials(metadata, duration, refresh))
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ class RoleAssumer:
         self._sts = base.client("sts", aws.HOME_REGION)
         self._request = request
         self._partition = partition
-        self._cache: dict[str, aws.Session] = {}
+        self._cache: dict[str, botocore.credentials.Credentials] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.assume_calls = 0
@@ -158,17 +157,25 @@ class RoleAssumer:
             self.assume_calls += 1
         return assume(self._sts, params)
 
-    def session(self, account_id: str) -> aws.Session:
-        """The account's session; the first caller assumes the role, later ones reuse it."""
+    def credentials(self, account_id: str) -> botocore.credentials.Credentials:
+        """The account's refreshable credentials (about 1 KB each); the first caller assumes the
+        role, later ones reuse it, and botocore refreshes it before it expires."""
+        cached = self._cache.get(account_id)
+        if cached is not None:
+            return cached
         with self._guard:
             lock = self._locks.setdefault(account_id, threading.Lock())
         with lock:
             cached = self._cache.get(account_id)
             if cached is None:
-                cached = refreshable_session(self._assume(account_id), self._request.duration,
-                                             lambda: self._assume(account_id))
+                cached = refreshable_credentials(self._assume(account_id), self._request.duration,
+                                                 lambda: self._assume(account_id))
                 self._cache[account_id] = cached
             return cached
+
+    def session(self, account_id: str) -> aws.Session:
+        """A session of its own for the account (the runner shares one session instead)."""
+        return aws.Session.from_credentials(self.credentials(account_id))
 
     def forget(self, account_id: str) -> None:
         with self._guard:

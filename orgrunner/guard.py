@@ -7,6 +7,9 @@ before the request is even built, so nothing leaves the machine.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 from orgrunner.errors import CallNotAllowed
@@ -46,3 +49,31 @@ class CallGuard:
         service_id = client.meta.service_model.service_id.hyphenize()
         client.meta.events.register_first(f"before-parameter-build.{service_id}.*", self._hook)
         return client
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Within this block (this thread), clients made with `install_shared` are guarded by this guard."""
+        token = _active.set(self)
+        try:
+            yield
+        finally:
+            _active.reset(token)
+
+
+_active: contextvars.ContextVar[CallGuard | None] = contextvars.ContextVar("orgrunner_call_guard", default=None)
+
+
+def _dispatch(model: Any, **_: Any) -> None:
+    guard = _active.get()
+    if guard is None:
+        raise CallNotAllowed(f"{model.service_model.signing_name}:{model.name} called outside any task target "
+                             "(from a thread the engine did not start?); refused")
+    guard.check(model.service_model.signing_name, model.name)
+
+
+def install_shared(client: Any) -> Any:
+    """Guard a client shared by many jobs: each call is checked by the guard active in its thread,
+    and a call with no active guard is refused."""
+    service_id = client.meta.service_model.service_id.hyphenize()
+    client.meta.events.register_first(f"before-parameter-build.{service_id}.*", _dispatch)
+    return client

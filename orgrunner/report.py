@@ -32,6 +32,13 @@ class Tally:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
+def summarize(t: Tally) -> dict[str, object]:
+    """A phase's counters as the JSON summary and the audit log's run-end show them."""
+    return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
+            "accounts": len(t.accounts), "accounts_with_changes": len(t.accounts_with_changes),
+            "outcomes": dict(t.outcomes), "retries_so_far": RETRIES.total}
+
+
 class Reporter:
     def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None) -> None:
         self.task = task
@@ -107,10 +114,7 @@ class Reporter:
         self.audit.event("applied", task=self.task, **record)
 
     def tally_dict(self, phase: str) -> dict[str, object]:
-        t = self.tallies[phase]
-        return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
-                "accounts": len(t.accounts), "accounts_with_changes": len(t.accounts_with_changes),
-                "outcomes": dict(t.outcomes), "retries_so_far": RETRIES.total}
+        return summarize(self.tallies[phase])
 
     @contextlib.contextmanager
     def progress(self, phase: str, estimate: int, discovered: Callable[[], int] | None = None) -> Iterator[None]:

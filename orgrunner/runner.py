@@ -8,6 +8,7 @@ The engine knows nothing about any particular task.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -24,8 +25,8 @@ from orgrunner.audit import scrub
 from orgrunner.confirm import Armed
 from orgrunner.credentials import RoleAssumer
 from orgrunner.errors import OrgrunnerError
-from orgrunner.guard import CallGuard
-from orgrunner.policy import phase_actions
+from orgrunner.guard import CallGuard, install_shared
+from orgrunner.policy import ENGINE_REGIONAL_ACTIONS, phase_actions
 from orgrunner.task import GLOBAL_REGION, ApplyContext, Change, Drift, Phase, Skip, Target, Task, TaskContext
 
 Status = Literal["ok", "failed", "skipped"]
@@ -163,6 +164,12 @@ class Runner:
         self.on_outcome = on_outcome
         self.on_intent = on_intent
         self._pool: _Pool | None = None
+        # One session signing as the current job's account, one guarded client per service and
+        # region, shared by every job (see aws.AccountCredentials).
+        self._session = aws.Session.from_credentials(aws.AccountCredentials(),
+                                                     aws.client_config(max_pool_connections=concurrency))
+        self._shared: dict[tuple[str, str], Any] = {}
+        self._engine_guard = CallGuard("orgrunner", "plan", ENGINE_REGIONAL_ACTIONS)
         self.assumer = assumer
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
@@ -176,22 +183,39 @@ class Runner:
 
     # --- plumbing shared by both phases ----------------------------------------------------
 
+    def _client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        client = self._shared.get(key)
+        if client is None:
+            with self._lock:
+                client = self._shared.get(key)
+                if client is None:
+                    client = self._shared[key] = install_shared(self._session.client(service, region))
+        return client
+
     def _clients(self, target: Target, phase: Phase) -> tuple[Callable[[str, Phase], Any], CallGuard]:
         guard = CallGuard(self.task.name, phase, phase_actions(type(self.task), phase))
         region = aws.HOME_REGION if target.region == GLOBAL_REGION else target.region
 
         def make(service: str, _phase: Phase) -> Any:
-            return guard.install(self.assumer.session(target.account_id).client(service, region))
+            return self._client(service, region)
 
         return make, guard
+
+    @contextlib.contextmanager
+    def _job(self, account_id: str, guard: CallGuard) -> Iterator[None]:
+        """This thread now works for `account_id`, under `guard`."""
+        with aws.acting_for(lambda: self.assumer.credentials(account_id)), guard.active():
+            yield
 
     def _regions(self, account: Account, wanted: list[str] | None) -> tuple[list[str], list[str]]:
         """(regions to cover, requested regions not enabled in the account)."""
         if not type(self.task).regional:
             return [GLOBAL_REGION], []
-        ec2 = self.assumer.session(account.id).client("ec2", aws.HOME_REGION)
-        enabled = sorted(r["RegionName"] for r in aws.call(ec2, "describe_regions")["Regions"]
-                         if r.get("OptInStatus") != "not-opted-in")
+        ec2 = self._client("ec2", aws.HOME_REGION)
+        with self._job(account.id, self._engine_guard):
+            described = aws.call(ec2, "describe_regions")["Regions"]
+        enabled = sorted(r["RegionName"] for r in described if r.get("OptInStatus") != "not-opted-in")
         if wanted is None:
             return enabled, []
         return [r for r in wanted if r in enabled], [r for r in wanted if r not in enabled]
@@ -238,7 +262,8 @@ class Runner:
         clients, guard = self._clients(target, "plan")
         ctx = TaskContext(self.task, target, clients)
         try:
-            changes = tuple(self.task.plan(ctx))
+            with self._job(target.account_id, guard):
+                changes = tuple(self.task.plan(ctx))
             guard.raise_if_refused()  # a task that swallowed the guard's refusal still fails
             result = TargetResult(target, "plan", "ok", changes=changes, notes=tuple(ctx.notes))
         except Skip as exc:
@@ -273,7 +298,8 @@ class Runner:
                 self.on_intent(target, change)
             try:
                 ctx.applied = None
-                status = self.task.apply(ctx, change)
+                with self._job(target.account_id, guard):
+                    status = self.task.apply(ctx, change)
                 guard.raise_if_refused()
                 done = ctx.applied or change  # what the task says it really did, if narrower
                 outcome = Outcome(done, "already done" if status == "already done" else "applied")

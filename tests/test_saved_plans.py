@@ -268,8 +268,6 @@ def test_bad_plan_file_is_one_line_and_exit_2(cli: Cli, emulator: EmulatorClient
     assert emulator.requests()[mark:] == []  # checked before any AWS call
 
 
-@pytest.mark.xfail(strict=True, reason="engine: --plan-out is only opened after the whole plan has run, so an "
-                   "unwritable path is reported after the AWS calls instead of before them")
 def test_unwritable_plan_out_is_bad_input_before_any_aws_call(cli: Cli, emulator: EmulatorClient, pair: list[str],
                                                               tmp_path: Path) -> None:
     mark = len(emulator.requests())

@@ -155,8 +155,6 @@ def test_format_json_of_a_refused_run_says_so(cli: Cli, emulator: EmulatorClient
     assert all(rules_left(emulator.url, a) == 5 for a in pair)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: cli.Common.execute returns before the pipeline when no account "
-                   "matches the selectors, so --format json prints nothing on stdout for that exit-0 run")
 def test_format_json_when_no_account_matches_is_still_one_document(cli: Cli, org: SandboxOrg) -> None:
     result = check(cli.run("run", "strip-default-sg", "--format", "json", "--account", org.suspended_account_id), 0)
     data = json.loads(result.stdout)
