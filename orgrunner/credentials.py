@@ -178,5 +178,7 @@ class RoleAssumer:
         return aws.Session.from_credentials(self.credentials(account_id))
 
     def forget(self, account_id: str) -> None:
+        """Drop the account's credentials (its work is done); a later call assumes again."""
         with self._guard:
             self._cache.pop(account_id, None)
+            self._locks.pop(account_id, None)

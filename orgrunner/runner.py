@@ -170,6 +170,7 @@ class Runner:
                                                      aws.client_config(max_pool_connections=concurrency))
         self._shared: dict[tuple[str, str], Any] = {}
         self._engine_guard = CallGuard("orgrunner", "plan", ENGINE_REGIONAL_ACTIONS)
+        self._open: dict[str, int] = {}  # plan: targets of each account not yet done
         self.assumer = assumer
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
@@ -247,6 +248,9 @@ class Runner:
             return
         with self._lock:
             self.discovered += len(regions) + len(disabled) - (len(wanted) if wanted else 1)
+            self._open[account.id] = len(regions)
+        if not regions:
+            self._close(account.id)
         for region in disabled:
             pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "skipped",
                                           error="region not enabled in this account"))
@@ -271,6 +275,18 @@ class Runner:
         except Exception as exc:
             result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=tuple(ctx.notes))
         pool.results.put(result)
+        self._close(target.account_id)
+
+    def _close(self, account_id: str) -> None:
+        """One target of the account is done; after its last, drop its credentials, so memory
+        does not grow with the number of accounts a run has covered."""
+        with self._lock:
+            left = self._open.get(account_id, 1) - 1
+            if left > 0:
+                self._open[account_id] = left
+                return
+            self._open.pop(account_id, None)
+        self.assumer.forget(account_id)
 
     # --- apply -------------------------------------------------------------------------------
 
