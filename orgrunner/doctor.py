@@ -26,9 +26,14 @@ def check_roles(session: aws.Session, accounts: list[Account], settings: Setting
         role_name=settings.role_name, session_name=name, source_identity=identity, policy=render(CHECK_POLICY),
         duration=900, external_id=settings.external_id))
 
+    # One STS client for every account, signing as the account being checked (see aws.AccountCredentials).
+    sts = aws.Session.from_credentials(aws.AccountCredentials(),
+                                       aws.client_config(max_pool_connections=settings.concurrency)).client("sts")
+
     def check(account: Account) -> tuple[Account, str | None]:
         try:
-            ident = aws.call(assumer.session(account.id).client("sts"), "get_caller_identity")
+            with aws.acting_for(lambda: assumer.credentials(account.id)):
+                ident = aws.call(sts, "get_caller_identity")
             if ident.get("Account") != account.id:
                 return account, f"the role answered as account {ident.get('Account')}"
             return account, None
