@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from orgrunner import __version__, aws, journal
 from orgrunner.accounts import ACCOUNT_ID, Organization, Selection, Selectors, parse_tags
-from orgrunner.audit import scrub
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
@@ -41,7 +40,7 @@ from orgrunner.errors import (
     Terminated,
 )
 from orgrunner.identity import Caller, base_session, resolve_caller
-from orgrunner.pipeline import Confirmation, Pipeline, RunOptions
+from orgrunner.pipeline import Confirmation, Pipeline, RunOptions, err
 from orgrunner.planfile import load as load_plan
 from orgrunner.policy import session_policy
 from orgrunner.report import Tally, summarize
@@ -70,10 +69,6 @@ app = typer.Typer(
 sandbox_app = typer.Typer(help="A local emulated organization for trying orgrunner without AWS.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-
-
-def err(line: str) -> None:
-    print(scrub(line), file=sys.stderr, flush=True)
 
 
 # --- shared options ---------------------------------------------------------------------------

@@ -101,6 +101,21 @@ def test_a_refusal_the_task_swallows_still_fails_the_target(
     assert "ec2:RevokeSecurityGroupIngress" in line
 
 
+def test_a_call_from_a_thread_the_engine_did_not_start_is_refused_before_it_is_sent(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    account = org.accounts["sandbox-1"]
+    mark = len(emulator.requests())
+
+    result = cli.run("run", "calls-from-own-thread", "--tasks-dir", BROKEN, "--dry-run", "--region", REGION,
+                     "--account", account)
+
+    assert result.returncode == 1, result.stdout
+    [line] = failed_lines(result.stdout)
+    assert "ec2:DescribeVpcs" in line and "outside any task target" in line, line
+    sent = [r for r in emulator.requests()[mark:] if r["operation"] == "DescribeVpcs"]
+    assert sent == []  # nothing left the machine, no account signed it
+
+
 # --- the guard bypassed: the session policy still refuses (server side) ---------------------
 
 
