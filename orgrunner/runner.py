@@ -2,6 +2,8 @@
 
 Per account, one job assumes the role (once, cached) and resolves the enabled regions; it then
 fans out one job per region into the same pool, so a slow account never holds workers idle.
+Account jobs are fed through a window (as many unfinished as there are workers), so the queue
+holds at most window x regions jobs whatever the size of the organization.
 Results are yielded to the caller's thread as they complete: streamed, never accumulated here.
 The engine knows nothing about any particular task.
 """
@@ -94,9 +96,42 @@ class _Pool:
     results: queue.Queue[TargetResult] = field(default_factory=queue.Queue)
     _pending: set[Future[None]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _feed: Iterator[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+    _window: int = 0
+    _fed: int = 0  # jobs from the feed started and not yet finished
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="orgrunner")
+
+    def feed(self, jobs: Iterator[tuple[Callable[..., None], tuple[Any, ...]]], window: int) -> None:
+        """Run `jobs` with at most `window` of them unfinished at a time: the next is taken from
+        the iterator only when one finishes, so the queue (and memory) stays bounded however long
+        the iterator is."""
+        self._feed, self._window = jobs, window
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while True:
+            with self._lock:
+                if self._feed is None or self._fed >= self._window or self.stop.is_set():
+                    return
+                job = next(self._feed, None)
+                if job is None:
+                    self._feed = None
+                    return
+                self._fed += 1
+            if not self.submit(self._fed_job, *job):  # stopping: dropped, as queued jobs are cancelled
+                with self._lock:
+                    self._fed -= 1
+                return
+
+    def _fed_job(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        finally:
+            with self._lock:
+                self._fed -= 1
+            self._top_up()  # before this job's future completes, so the pool never looks idle early
 
     def submit(self, fn: Callable[..., None], *args: Any) -> bool:
         """Schedule a job; False once the pool is stopping (nothing new starts after an interrupt)."""
@@ -132,7 +167,7 @@ class _Pool:
                 except queue.Empty:
                     pass
                 with self._lock:
-                    idle = not self._pending
+                    idle = not self._pending and (self._feed is None or self.stop.is_set())
                 if idle and self.results.empty():
                     finished = True
                     return
@@ -229,15 +264,13 @@ class Runner:
         enabled), as `--retry-failed` does for exactly the targets that failed before."""
         pool = self._pool = _Pool(self.concurrency, self.stop)
         self.discovered = len(accounts) * (len(regions) if regions else 1)
-        for account in accounts:
-            wanted = only.get(account.id, regions) if only is not None else regions
-            pool.submit(self._plan_account, pool, account, wanted)
+        # after an interrupt, accounts not reached yet are left quietly, as queued jobs are cancelled
+        pool.feed(((self._plan_account, (pool, account, only.get(account.id, regions) if only is not None else regions))
+                   for account in accounts), window=self.concurrency)
         yield from pool.drain()
 
     def _plan_account(self, pool: _Pool, account: Account, wanted: list[str] | None) -> None:
-        if self.stop.is_set():
-            pool.results.put(TargetResult(Target(account.id, ALL_REGIONS, account.name), "plan", "skipped",
-                                          error="interrupted before start"))
+        if self.stop.is_set():  # queued before an interrupt: left quietly, like a cancelled job
             return
         try:
             regions, disabled = self._regions(account, wanted)
@@ -260,8 +293,8 @@ class Runner:
                 pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
 
     def _plan_target(self, pool: _Pool, target: Target) -> None:
-        if self.stop.is_set():
-            pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
+        if self.stop.is_set():  # queued before an interrupt: left quietly, like a cancelled job
+            self._close(target.account_id)
             return
         clients, guard = self._clients(target, "plan")
         ctx = TaskContext(self.task, target, clients)
