@@ -298,6 +298,9 @@ LockOpt = Annotated[float, typer.Option("--wait-for-lock", help="Wait up to SECO
 RoleNameOpt = Annotated[str | None, typer.Option("--role-name", help="Role to assume in each account "
                                                  "[default: OrganizationAccountAccessRole].")]
 ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", help="Parallel workers [default: 16].")]
+ProcessesOpt = Annotated[int | None, typer.Option(
+    "--processes", help="Worker processes for planning, the workers split among them [default: one per CPU, "
+    "at most 4, each with 50+ accounts; 1 off Linux].")]
 RegionOpt = Annotated[list[str] | None, typer.Option("--region", help="Only this region (repeatable) "
                                                      "[default: every region enabled in each account].")]
 
@@ -338,7 +341,7 @@ class Common:
 def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | None, chosen: Selectors,
            region: list[str] | None, config: Path | None, hop: Hop, output: str, report: Path | None,
            audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
-           role_name: str | None = None, concurrency: int | None = None) -> Common:
+           role_name: str | None = None, concurrency: int | None = None, processes: int | None = None) -> Common:
     """Check everything the user typed, before any AWS call."""
     if output not in ("text", "json"):
         raise InputError(f"--format {output!r}: expected text or json")
@@ -346,7 +349,8 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
     protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
     if (confirmed is not None or protected_ok is not None) and not arm:
         raise InputError("--confirm-accounts and --confirm-protected only make sense with --arm")
-    settings = load_settings(config, role_name=role_name, concurrency=concurrency, audit_log=audit_log)
+    settings = load_settings(config, role_name=role_name, concurrency=concurrency, processes=processes,
+                             audit_log=audit_log)
     regions = validate_regions(region) if region else (
         validate_regions(settings.regions, "regions in the settings file") if settings.regions else None)
     for flag, path in (("--report", report), ("--audit-log", settings.audit_log)):
@@ -403,6 +407,7 @@ def run(
     region: RegionOpt = None,
     role_name: RoleNameOpt = None,
     concurrency: ConcurrencyOpt = None,
+    processes: ProcessesOpt = None,
     output: FormatOpt = "text",
     report: ReportOpt = None,
     plan_out: Annotated[Path | None, typer.Option("--plan-out", help="Save the plan (dry run) for review and "
@@ -448,7 +453,8 @@ def run(
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term, command="run", role_name=role_name, concurrency=concurrency)
+                    allow_long_term=allow_long_term, command="run", role_name=role_name, concurrency=concurrency,
+                    processes=processes)
     shared.options.plan_out = plan_out
     shared.options.fail_on_changes = fail_on_changes
     shared.options.only = only
@@ -463,6 +469,7 @@ def apply(
     confirm_protected: ConfirmProtOpt = None,
     include_protected: ProtOpt = False,
     concurrency: ConcurrencyOpt = None,
+    processes: ProcessesOpt = None,
     output: FormatOpt = "text",
     report: ReportOpt = None,
     wait_for_lock: LockOpt = 0,
@@ -484,7 +491,7 @@ def apply(
                     region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
                     allow_long_term=allow_long_term, command="apply", role_name=saved.role_name,
-                    concurrency=concurrency)
+                    concurrency=concurrency, processes=processes)
     shared.options.expected = saved
     task_cls = load_tasks(tasks_dir).get(saved.task)
     shared.execute(configure(task_cls, config_dir(config)))

@@ -45,6 +45,7 @@ from orgrunner.policy import render, session_policy
 from orgrunner.report import Reporter
 from orgrunner.runner import Outcome, Runner, TargetResult
 from orgrunner.settings import Settings, state_dir
+from orgrunner.shards import ShardedPlanner, auto_processes, can_fork
 from orgrunner.task import Change, Target, Task
 
 Mode = Literal["dry-run", "armed"]
@@ -187,8 +188,17 @@ class Pipeline:
         """Stream the plan; keep the changes only when they will be needed (armed, saved, compared)."""
         plan: dict[Target, list[Change]] = {}
         planned_ok: list[Target] = []
-        planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
-        estimate = len(self.selection.targets) * (len(self.regions) if self.regions else 1)
+        accounts = self.selection.targets
+        processes = self.settings.processes or auto_processes(len(accounts))
+        planner: Runner | ShardedPlanner
+        if processes > 1 and len(accounts) > 1 and can_fork():
+            planner = ShardedPlanner(lambda workers, stop: Runner(self.task, self._assumer("plan"), workers, stop),
+                                     processes, self.settings.concurrency)
+            planner.start(accounts, self.regions, self.options.only)  # before the progress display's thread
+            err(f"planning in {planner.processes} processes of {planner.workers} workers each")
+        else:
+            planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
+        estimate = len(accounts) * (len(self.regions) if self.regions else 1)
         def take(result: TargetResult) -> None:
             self.reporter.result(result)
             if keep and result.status == "ok":
@@ -197,11 +207,12 @@ class Pipeline:
                     plan[result.target] = list(result.changes)
 
         with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
-            self._consume(planner, planner.plan(self.selection.targets, self.regions, self.options.only), take)
+            self._consume(planner, planner.plan(accounts, self.regions, self.options.only), take)
         return plan, planned_ok
 
     @staticmethod
-    def _consume(runner: Runner, results: Iterator[TargetResult], take: Callable[[TargetResult], None]) -> None:
+    def _consume(runner: Runner | ShardedPlanner, results: Iterator[TargetResult],
+                 take: Callable[[TargetResult], None]) -> None:
         """Hand every result to `take`; an interrupt landing anywhere (even while a result is being
         printed) stops new work and still hands over what the jobs in flight completed."""
         try:

@@ -61,8 +61,10 @@ DEFAULT_REGIONS = [
     "eu-west-2", "eu-west-3", "eu-central-1", "eu-north-1", "ap-south-1", "ap-northeast-1",
     "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "sa-east-1",
 ]
-ALL_TOOLS = ("orgrunner", "orgrunner-api", "botocove", "awsrun")
-DEFAULT_TOOLS = ("orgrunner", "botocove", "awsrun")  # orgrunner-api costs as much as the CLI: opt in
+ALL_TOOLS = ("orgrunner", "orgrunner-1proc", "orgrunner-api", "botocove", "awsrun")
+# orgrunner plans in one process per CPU by default; orgrunner-1proc is the same with --processes 1.
+# orgrunner-api (the engine without the CLI) costs as much as the CLI: opt in.
+DEFAULT_TOOLS = ("orgrunner", "orgrunner-1proc", "botocove", "awsrun")
 THROTTLES = (  # what AWS answers when it throttles each service
     {"service": "ec2", "code": "RequestLimitExceeded", "status": 503},
     {"service": "sts", "code": "Throttling", "status": 400},
