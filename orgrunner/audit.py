@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ _QUOTED = re.compile(r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)"
                      r"|(\"(SecretAccessKey|SessionToken)\"\s*:\s*\")[^\"]*")
 # A long base64 run with digits and both cases, as session tokens are (prose and URLs rarely are).
 _TOKEN_LIKE = re.compile(r"[A-Za-z0-9/+=]{80,}")
-_secrets: set[str] = set()
+_secrets: Counter[str] = Counter()  # value -> holders (a value may be issued twice, as the emulator does)
 _secrets_lock = threading.Lock()
 
 
@@ -33,6 +34,15 @@ def register_secret(*values: str | None) -> None:
     """Remember credentials this process holds, so that no output can ever contain them."""
     with _secrets_lock:
         _secrets.update(v for v in values if v and len(v) >= 8)
+
+
+def forget_secret(*values: str | None) -> None:
+    """Credentials one holder no longer keeps (an account's work is done): scrubbing stays
+    proportional to the accounts in flight, not to every account the run has covered."""
+    with _secrets_lock:
+        _secrets.subtract(v for v in values if v and len(v) >= 8)
+        for value in [v for v in values if v and _secrets.get(v, 1) <= 0]:
+            del _secrets[value]
 
 
 def scrub(text: str) -> str:

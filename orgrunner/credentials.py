@@ -18,7 +18,7 @@ import botocore.credentials
 from botocore.exceptions import ClientError
 
 from orgrunner import aws
-from orgrunner.audit import register_secret
+from orgrunner.audit import forget_secret, register_secret
 from orgrunner.errors import SafetyRefusal, TargetError
 
 SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
@@ -134,6 +134,7 @@ class RoleAssumer:
         self._partition = partition
         self._cache: dict[str, botocore.credentials.Credentials] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._issued: dict[str, list[str]] = {}  # account -> every credential value it was given
         self._guard = threading.Lock()
         self.assume_calls = 0
 
@@ -155,7 +156,11 @@ class RoleAssumer:
             params["ExternalId"] = req.external_id
         with self._guard:
             self.assume_calls += 1
-        return assume(self._sts, params)
+        metadata = assume(self._sts, params)
+        with self._guard:
+            self._issued.setdefault(account_id, []).extend(
+                (metadata["access_key"], metadata["secret_key"], metadata["token"]))
+        return metadata
 
     def credentials(self, account_id: str) -> botocore.credentials.Credentials:
         """The account's refreshable credentials (about 1 KB each); the first caller assumes the
@@ -178,7 +183,10 @@ class RoleAssumer:
         return aws.Session.from_credentials(self.credentials(account_id))
 
     def forget(self, account_id: str) -> None:
-        """Drop the account's credentials (its work is done); a later call assumes again."""
+        """Drop the account's credentials (its work is done), and stop scrubbing output for them:
+        results are scrubbed where they are made, in the worker. A later call assumes again."""
         with self._guard:
             self._cache.pop(account_id, None)
             self._locks.pop(account_id, None)
+            issued = self._issued.pop(account_id, [])
+        forget_secret(*issued)

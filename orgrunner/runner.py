@@ -87,6 +87,11 @@ def describe_error(exc: BaseException) -> str:
     return scrub(" ".join(text.split()))
 
 
+def _notes(ctx: TaskContext) -> tuple[str, ...]:
+    """A task's notes, scrubbed here, where the account's credentials are still known."""
+    return tuple(scrub(note) for note in ctx.notes)
+
+
 @dataclass
 class _Pool:
     """A thread pool whose jobs may submit more jobs, with results drained on the caller's thread."""
@@ -302,11 +307,11 @@ class Runner:
             with self._job(target.account_id, guard):
                 changes = tuple(self.task.plan(ctx))
             guard.raise_if_refused()  # a task that swallowed the guard's refusal still fails
-            result = TargetResult(target, "plan", "ok", changes=changes, notes=tuple(ctx.notes))
+            result = TargetResult(target, "plan", "ok", changes=changes, notes=_notes(ctx))
         except Skip as exc:
-            result = TargetResult(target, "plan", "skipped", error=str(exc), notes=tuple(ctx.notes))
+            result = TargetResult(target, "plan", "skipped", error=str(exc), notes=_notes(ctx))
         except Exception as exc:
-            result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=tuple(ctx.notes))
+            result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=_notes(ctx))
         pool.results.put(result)
         self._close(target.account_id)
 
