@@ -13,10 +13,11 @@ import contextvars
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import botocore.credentials
+import botocore.exceptions
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
@@ -162,6 +163,18 @@ class Session:
         # botocore sessions are not thread-safe while they build their components.
         with self._lock:
             return self._session.create_client(service, region_name=region or HOME_REGION, config=self._config)
+
+
+def load_models(services: Iterable[str]) -> None:
+    """Parse these services' models into the shared loader now (a client of each, discarded), so
+    processes forked afterwards inherit them instead of each parsing its own (EC2's: ~0.2 s of CPU).
+    Names botocore does not know (an IAM prefix that is not a service name) are passed over."""
+    session = botocore.session.Session()
+    session.register_component("data_loader", shared_loader())
+    for service in services:
+        with contextlib.suppress(botocore.exceptions.UnknownServiceError):
+            session.create_client(service, region_name=HOME_REGION, aws_access_key_id="unused",
+                                  aws_secret_access_key="unused")
 
 
 _known_regions: frozenset[str] | None = None

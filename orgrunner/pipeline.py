@@ -41,7 +41,7 @@ from orgrunner.identity import Caller
 from orgrunner.journal import Journal
 from orgrunner.lock import RunLock
 from orgrunner.planfile import SavedPlan, drift
-from orgrunner.policy import render, session_policy
+from orgrunner.policy import phase_actions, render, session_policy
 from orgrunner.report import Reporter
 from orgrunner.runner import Outcome, Runner, TargetResult
 from orgrunner.settings import Settings, state_dir
@@ -194,6 +194,7 @@ class Pipeline:
         if processes > 1 and len(accounts) > 1 and can_fork():
             planner = ShardedPlanner(lambda workers, stop: Runner(self.task, self._assumer("plan"), workers, stop),
                                      processes, self.settings.concurrency)
+            aws.load_models({"sts", *(a.split(":", 1)[0] for a in phase_actions(self.cls, "plan"))})
             planner.start(accounts, self.regions, self.options.only)  # before the progress display's thread
             err(f"planning in {planner.processes} processes of {planner.workers} workers each")
         else:

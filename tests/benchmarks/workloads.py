@@ -284,6 +284,7 @@ def main() -> None:
         # the largest of the processes (this one, or its largest child): KiB on Linux
         "maxrss_mb": max(usage.ru_maxrss, children.ru_maxrss) / 1024,
         "self_maxrss_mb": usage.ru_maxrss / 1024, "child_maxrss_mb": children.ru_maxrss / 1024,
+        "self_cpu": usage.ru_utime + usage.ru_stime, "children_cpu": children.ru_utime + children.ru_stime,
     }
     Path(out_path).write_text(json.dumps(result, default=str))
 
