@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -50,6 +51,7 @@ import psutil
 from botocore.config import Config
 
 from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, Emulator, sandbox_environment, start_emulator
+from orgrunner.shards import MAX_AUTO_PROCESSES
 from tests.benchmarks import whatif
 
 REPO = Path(__file__).resolve().parents[2]
@@ -455,6 +457,7 @@ def section_memory(org: Org, args: argparse.Namespace) -> list[dict[str, Any]]:
             r = run_tool(org, tool, region, args.workers, args.latency_ms, f"memory-{members}-{tool}")
             rows.append(r)
     table(rows, [("tool", "tool", ""), ("targets", "targets", "d"), ("maxrss_mb", "peak RSS MB", ".1f"),
+                 ("self_maxrss_mb", "parent MB", ".1f"), ("child_maxrss_mb", "largest worker MB", ".1f"),
                  ("wall", "wall s", ".2f"), ("cpu_total", "client CPU s", ".2f"), ("ok", "targets ok", "d"),
                  ("failed", "failed", "d"), ("emu_cpu", "emulator CPU s", ".2f"), ("bound", "lower bound s", ".2f")])
     for tool in args.memory_tools:
@@ -495,15 +498,26 @@ def verdicts(args: argparse.Namespace, tools: list[dict[str, Any]], clients: lis
                 say(f"- what-if {r['tool']}: wall {r['wall']:.2f} s = {r['wall'] / r['bound']:.2f}x its lower bound "
                     f"({r['bound']:.2f} s), {ours['wall'] / r['wall']:.1f}x faster than orgrunner today, client CPU "
                     f"{r['cpu_per_target_ms']:.2f} ms per target; {r['ok']}/{r['targets']} targets ok")
-        per_target = ours["run_cpu"] / ours["targets"]
+        single = by.get("orgrunner-1proc", ours)  # CPU per target of one process, without sharding's overhead
+        per_target = single["run_cpu"] / single["targets"]
         requests_per_target = ours["requests"] / ours["targets"]
         cpu_rate = 1 / per_target  # one process: the GIL holds it to about one core
         io_rate = args.workers / (requests_per_target * args.latency_ms / 1000)
-        say(f"- client CPU per target {1000 * per_target:.2f} ms (run CPU / targets, engine and CLI included): one "
-            f"process completes at most {cpu_rate:.0f} targets/s on its CPU, while {args.workers} workers at "
-            f"{args.latency_ms:g} ms per request ({requests_per_target:.2f} requests per target) would allow "
-            f"{io_rate:.0f}/s: {'I/O' if cpu_rate >= io_rate else 'CPU'} bound; 5,000 x 17 = 85,000 targets need "
-            f"{85000 * per_target:.0f} CPU s ({85000 / min(cpu_rate, io_rate) / 60:.0f} min in one process)")
+        needed = math.ceil(io_rate / cpu_rate)
+        say(f"- client CPU per target {1000 * per_target:.2f} ms ({single['tool']}: run CPU / targets, engine and "
+            f"CLI included): one process completes at most {cpu_rate:.0f} targets/s on its CPU, while "
+            f"{args.workers} workers at {args.latency_ms:g} ms per request ({requests_per_target:.2f} requests per "
+            f"target) would allow {io_rate:.0f}/s: one process is {'I/O' if cpu_rate >= io_rate else 'CPU'} bound; "
+            f"{needed} planning process(es) on as many free cores are I/O bound (orgrunner starts one per CPU, "
+            f"at most {MAX_AUTO_PROCESSES}; this machine has {psutil.cpu_count()}, shared with the emulator). "
+            f"5,000 x 17 = 85,000 targets need {85000 * per_target:.0f} CPU s: "
+            f"{85000 / min(cpu_rate, io_rate) / 60:.1f} min in one process, "
+            f"{85000 / min(MAX_AUTO_PROCESSES * cpu_rate, io_rate) / 60:.1f} min in {MAX_AUTO_PROCESSES}")
+        if "orgrunner-1proc" in by:
+            sharded = ours["run_cpu"] / ours["targets"]
+            say(f"- sharding's own cost: {1000 * sharded:.2f} ms of CPU per target over all processes against "
+                f"{1000 * per_target:.2f} ms in one ({ours.get('children_cpu', 0):.2f} s in the workers, "
+                f"{ours.get('self_cpu', 0):.2f} s in the parent, imports included)")
     if clients:
         c = {r["mode"]: r for r in clients}
         before, after = c["private-loader-per-client"], c["shared-loader-same-session"]
@@ -516,12 +530,12 @@ def verdicts(args: argparse.Namespace, tools: list[dict[str, Any]], clients: lis
             say(f"- throttled {r['share']:.0%}, {r['tool']}: {r['ok']}/{r['targets']} targets, "
                 f"{r['throttled']} throttles absorbed, wall x{(r['vs_unthrottled'] or 0):.2f}; retries in its summary: "
                 + ("NO" if r["retries_reported"] is None else f"{r['retries_reported']}"))
-    if memory:
-        mine = [r for r in memory if r["tool"] == "orgrunner"]
+    for tool in dict.fromkeys(r["tool"] for r in memory):
+        mine = [r for r in memory if r["tool"] == tool]
         if len(mine) >= 2:
             a, b = mine[0], mine[-1]
-            say(f"- memory flat in the number of targets: peak RSS {a['maxrss_mb']:.1f} MB at {a['targets']} -> "
-                f"{b['maxrss_mb']:.1f} MB at {b['targets']} targets "
+            say(f"- memory flat in the number of targets ({tool}, largest process): peak RSS {a['maxrss_mb']:.1f} MB "
+                f"at {a['targets']} -> {b['maxrss_mb']:.1f} MB at {b['targets']} targets "
                 f"({'MET' if b['maxrss_mb'] <= 1.1 * a['maxrss_mb'] else 'MISSED'}: met if within 10%)")
 
 

@@ -260,6 +260,19 @@ TOOLS: dict[str, Callable[[dict[str, Any], Clock], dict[str, Any]]] = {
 }
 
 
+def peak_rss_kib(usage: resource.struct_rusage) -> int:
+    """This process's own peak RSS. Not `ru_maxrss`: Linux keeps that across execve, so a child of
+    the (growing) benchmark process would report at least the benchmark's RSS at the fork. VmHWM
+    belongs to this program's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return int(usage.ru_maxrss)
+
+
 def main() -> None:
     clock = Clock()
     tool, spec_path, out_path = sys.argv[1:4]
@@ -279,11 +292,12 @@ def main() -> None:
                   "errors": [(f"crashed: {_short(exc)}", 1)]}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = peak_rss_kib(usage)
     result |= clock.figures() | {
         "cpu_total": usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime,
         # the largest of the processes (this one, or its largest child): KiB on Linux
-        "maxrss_mb": max(usage.ru_maxrss, children.ru_maxrss) / 1024,
-        "self_maxrss_mb": usage.ru_maxrss / 1024, "child_maxrss_mb": children.ru_maxrss / 1024,
+        "maxrss_mb": max(own, children.ru_maxrss) / 1024,
+        "self_maxrss_mb": own / 1024, "child_maxrss_mb": children.ru_maxrss / 1024,
         "self_cpu": usage.ru_utime + usage.ru_stime, "children_cpu": children.ru_utime + children.ru_stime,
     }
     Path(out_path).write_text(json.dumps(result, default=str))
