@@ -77,6 +77,7 @@ class ShardedPlanner:
         if not can_fork():
             raise RuntimeError("worker processes need fork(), which this platform lacks")
         self._make_runner = make_runner
+        self._concurrency = concurrency
         self.processes = processes
         self.workers = max(1, -(-concurrency // processes))  # the workers, split (rounded up)
         self._shards: list[_Shard] = []
@@ -87,6 +88,8 @@ class ShardedPlanner:
         """Fork the workers. Call before any other thread starts (a progress display), so the
         children inherit no lock another thread held."""
         self.discovered = len(accounts) * (len(regions) if regions else 1)
+        self.processes = max(1, min(self.processes, len(accounts)))  # never a process without accounts
+        self.workers = max(1, -(-self._concurrency // self.processes))
         context = multiprocessing.get_context("fork")
         sys.stdout.flush()  # nothing buffered here may be written again by a child
         sys.stderr.flush()
@@ -94,7 +97,7 @@ class ShardedPlanner:
         # (a traceback); blocked here, it waits, and is delivered once the handlers are in place.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            for i in range(min(self.processes, len(accounts))):
+            for i in range(self.processes):
                 shard = accounts[i::self.processes]
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, name=f"orgrunner-shard-{i}", daemon=True,

@@ -56,6 +56,14 @@ def test_processes_plan_the_same_as_one_process_with_one_assume_role_per_account
     assert f"Plan: 8 account(s), 2 region(s), {TOTAL} target(s)" in result.stdout
 
 
+def test_more_processes_than_accounts_start_one_per_account(cli: Cli, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    result = cli.run("run", TASK, "--account", account, "--account", org.accounts["prod-app-1"],
+                     "--region", "us-east-1", "--processes", "8", "--concurrency", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "planning in 2 processes of 4 workers each" in result.stderr
+
+
 def test_armed_run_after_a_sharded_plan_applies_exactly_the_plan(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     members = sorted(org.accounts.values())
