@@ -7,7 +7,9 @@ workers do not outlive a killed orgrunner.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -26,6 +28,19 @@ def planned(cli: Cli, name: str, *args: str) -> dict[tuple[str, str], list[dict[
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     return {(r["account"], r["region"]): r["changes"] for r in records(report)}
+
+
+def slow_sharded_plan(cli: Cli, emulator: EmulatorClient, latency_ms: int,
+                      planned_first: int) -> tuple[subprocess.Popen[bytes], Path, list[psutil.Process]]:
+    """A dry run over 2 worker processes against a slowed-down emulator, started in the background;
+    returns once both workers run and `planned_first` targets are in its report."""
+    emulator.set_latency(latency_ms)
+    report = cli.home / "plan.jsonl"
+    process = start(cli, "run", TASK, *REGION_ARGS, "--processes", "2", "--concurrency", "2",
+                    "--report", str(report))
+    wait_for(lambda: len(workers_of(process.pid)) == 2, "two workers")
+    wait_for(lambda: len(records(report)) >= planned_first, f"{planned_first} target(s) planned")
+    return process, report, workers_of(process.pid)
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
@@ -85,13 +100,7 @@ def test_processes_setting_is_validated_before_any_aws_call(cli: Cli, emulator: 
 
 def test_sigterm_stops_every_worker_and_keeps_what_they_completed(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
-    emulator.set_latency(200)
-    report = cli.home / "plan.jsonl"
-    process = start(cli, "run", TASK, *REGION_ARGS, "--processes", "2", "--concurrency", "2",
-                    "--report", str(report))
-    wait_for(lambda: len(records(report)) >= 3, "three targets planned")
-    children = workers_of(process.pid)
-    assert len(children) == 2
+    process, report, children = slow_sharded_plan(cli, emulator, 200, planned_first=3)
     code = stop(process, signal.SIGTERM)
     stdout, stderr = output(cli)
     assert code == 143, stderr[-2000:]
@@ -106,13 +115,8 @@ def test_sigterm_stops_every_worker_and_keeps_what_they_completed(
 
 def test_a_worker_that_dies_fails_its_unreported_accounts_and_retry_failed_covers_them(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
-    emulator.set_latency(150)
-    report = cli.home / "plan.jsonl"
-    process = start(cli, "run", TASK, *REGION_ARGS, "--processes", "2", "--concurrency", "2",
-                    "--report", str(report))
-    wait_for(lambda: len(workers_of(process.pid)) == 2, "two workers")
-    victim = workers_of(process.pid)[0]
-    victim.kill()  # as the out-of-memory killer would
+    process, report, children = slow_sharded_plan(cli, emulator, 150, planned_first=0)
+    children[0].kill()  # as the out-of-memory killer would
     code = process.wait(120)
     stdout, stderr = output(cli)
     assert code == 1, stderr[-2000:]
@@ -132,13 +136,7 @@ def test_a_worker_that_dies_fails_its_unreported_accounts_and_retry_failed_cover
 
 
 def test_workers_do_not_outlive_a_killed_orgrunner(cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
-    emulator.set_latency(200)
-    report = cli.home / "plan.jsonl"
-    process = start(cli, "run", TASK, *REGION_ARGS, "--processes", "2", "--concurrency", "2",
-                    "--report", str(report))
-    wait_for(lambda: len(records(report)) >= 1, "a target planned")
-    children = workers_of(process.pid)
-    assert len(children) == 2
+    process, _, children = slow_sharded_plan(cli, emulator, 200, planned_first=1)
     process.kill()
     process.wait(30)
     deadline = time.monotonic() + 30  # each notices at its next result (a few latencies)
