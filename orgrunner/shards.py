@@ -79,9 +79,13 @@ class ShardedPlanner:
         self._make_runner = make_runner
         self._concurrency = concurrency
         self.processes = processes
-        self.workers = max(1, -(-concurrency // processes))  # the workers, split (rounded up)
         self._shards: list[_Shard] = []
         self.discovered = 0
+
+    @property
+    def workers(self) -> int:
+        """Each process's share of the workers (rounded up)."""
+        return max(1, -(-self._concurrency // self.processes))
 
     def start(self, accounts: list[Account], regions: list[str] | None,
               only: dict[str, list[str] | None] | None = None) -> None:
@@ -89,7 +93,6 @@ class ShardedPlanner:
         children inherit no lock another thread held."""
         self.discovered = len(accounts) * (len(regions) if regions else 1)
         self.processes = max(1, min(self.processes, len(accounts)))  # never a process without accounts
-        self.workers = max(1, -(-self._concurrency // self.processes))
         context = multiprocessing.get_context("fork")
         sys.stdout.flush()  # nothing buffered here may be written again by a child
         sys.stderr.flush()

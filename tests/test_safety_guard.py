@@ -40,15 +40,26 @@ def failed_lines(stdout: str) -> list[str]:
 # --- end to end: a task that writes while planning ------------------------------------------
 
 
+# Each end-to-end case runs in one process and over two planning worker processes (`--processes`):
+# the guard and the session policy must hold in a worker exactly as in the main process.
+PROCESSES = pytest.mark.parametrize("processes", ["1", "2"])
+
+
+def planned_in(result: Any, processes: str) -> None:
+    assert ("planning in 2 processes" in result.stderr) == (processes == "2"), result.stderr
+
+
+@PROCESSES
 def test_guard_stops_a_write_in_the_plan_before_it_leaves_the_machine(
-        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient, processes: str) -> None:
     accounts = [org.accounts["dev-app-1"], org.accounts["sandbox-1"]]
     before = {a: default_rules(emulator, a) for a in accounts}
 
     result = cli.run("run", "writes-in-plan", "--tasks-dir", BROKEN, "--dry-run", "--region", REGION,
-                     *[arg for a in accounts for arg in ("--account", a)])
+                     *[arg for a in accounts for arg in ("--account", a)], "--processes", processes)
 
     assert result.returncode == 1, result.stderr
+    planned_in(result, processes)
     failed = failed_lines(result.stdout)
     assert len(failed) == len(accounts), result.stdout
     for account in accounts:
@@ -119,16 +130,18 @@ def test_a_call_from_a_thread_the_engine_did_not_start_is_refused_before_it_is_s
 # --- the guard bypassed: the session policy still refuses (server side) ---------------------
 
 
+@PROCESSES
 def test_bypassing_the_guard_is_refused_by_the_plan_session_policy(
-        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient, processes: str) -> None:
     accounts = [org.accounts["dev-app-1"], org.accounts["sandbox-1"]]
     before = {a: default_rules(emulator, a) for a in accounts}
     emulator.enforce_session_policies(True)
 
     result = cli.run("run", "unguarded-write", "--tasks-dir", BROKEN, "--dry-run", "--region", REGION,
-                     *[arg for a in accounts for arg in ("--account", a)])
+                     *[arg for a in accounts for arg in ("--account", a)], "--processes", processes)
 
     assert result.returncode == 1, result.stderr
+    planned_in(result, processes)
     failed = failed_lines(result.stdout)
     assert len(failed) == len(accounts), result.stdout
     assert all("RevokeSecurityGroupIngress" in f and "UnauthorizedOperation" in f for f in failed), failed
