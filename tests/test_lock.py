@@ -166,6 +166,11 @@ def test_another_task_is_not_blocked(cli: Cli, emulator: EmulatorClient, org: Sa
 def test_a_killed_run_does_not_block_the_next(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
     account = org.accounts["dev-app-1"]
     with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+        # the lock is taken a moment before the audit log records the start: kill after both
+        deadline = time.monotonic() + 30
+        while not run_starts(cli):
+            assert time.monotonic() < deadline, "the first run never recorded its start"
+            time.sleep(0.05)
         os.kill(first.process.pid, signal.SIGKILL)
         assert first.finish(30) == -signal.SIGKILL
     # the killed run left its lock file behind, naming it, and never recorded its end
