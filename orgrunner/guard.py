@@ -1,7 +1,8 @@
 """The client-side call guard: a botocore event hook on every client handed to a task.
 
-It lets through only the operations whose IAM action the task declared for the current phase,
-and no mutating operation at all during the plan phase. A refused call raises `CallNotAllowed`
+It lets through only the operations whose IAM actions (from AWS's data, orgrunner/iamdata.py) the
+task declared for the current phase, and during the plan phase only operations whose actions AWS
+classes as List or Read. A refused call raises `CallNotAllowed`
 before the request is even built, so nothing leaves the machine.
 """
 
@@ -12,8 +13,9 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
+from orgrunner import iamdata
 from orgrunner.errors import CallNotAllowed
-from orgrunner.policy import iam_action, is_read_action
+from orgrunner.policy import is_read_action, required_actions
 from orgrunner.task import Phase
 
 
@@ -24,13 +26,15 @@ class CallGuard:
         self.allowed = frozenset(a.lower() for a in allowed_actions)
         self.refused: list[str] = []
 
-    def check(self, signing_name: str, operation: str) -> None:
-        action = iam_action(signing_name, operation)
-        if self.phase == "plan" and not is_read_action(action):
-            self._refuse(f"task {self.task_name!r} called {action}, a write, during the plan phase (dry run); refused")
-        if action.lower() not in self.allowed:
-            self._refuse(f"task {self.task_name!r} called {action}, which it did not declare for the {self.phase} "
-                         "phase; refused")
+    def check(self, service_name: str, signing_name: str, operation: str) -> None:
+        for action in required_actions(service_name, signing_name, operation):
+            if self.phase == "plan" and not is_read_action(action):
+                level = iamdata.access_level(action) or "no action AWS lists"
+                self._refuse(f"task {self.task_name!r} called {action}, a write, during the plan phase (dry run; "
+                             f"AWS's access level: {level}); refused")
+            if action.lower() not in self.allowed:
+                self._refuse(f"task {self.task_name!r} called {action}, which it did not declare for the "
+                             f"{self.phase} phase; refused")
 
     def _refuse(self, message: str) -> None:
         self.refused.append(message)
@@ -42,7 +46,7 @@ class CallGuard:
             raise CallNotAllowed(self.refused[0])
 
     def _hook(self, model: Any, **_: Any) -> None:
-        self.check(model.service_model.signing_name, model.name)
+        self.check(model.service_model.service_name, model.service_model.signing_name, model.name)
 
     def install(self, client: Any) -> Any:
         """Register the guard first on the client's own event emitter; return the client."""
@@ -68,7 +72,7 @@ def _dispatch(model: Any, **_: Any) -> None:
     if guard is None:
         raise CallNotAllowed(f"{model.service_model.signing_name}:{model.name} called outside any task target "
                              "(from a thread the engine did not start?); refused")
-    guard.check(model.service_model.signing_name, model.name)
+    guard.check(model.service_model.service_name, model.service_model.signing_name, model.name)
 
 
 def install_shared(client: Any) -> Any:

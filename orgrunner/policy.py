@@ -3,6 +3,8 @@
 The plan phase assumes each member role with a policy that holds only the task's plan (read)
 actions, so AWS itself refuses a write during a dry run; the apply phase adds the apply actions.
 A session policy never grants more than the role has: effective rights are the intersection.
+Which actions exist, which only read and which others AWS requires alongside them come from AWS's
+own data (orgrunner/iamdata.py), never from the names.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from orgrunner import iamdata
 from orgrunner.errors import TaskLoadError
 
 if TYPE_CHECKING:
@@ -21,37 +24,30 @@ if TYPE_CHECKING:
 # under 2,048 with one statement keeps the packed size low as well.
 MAX_POLICY_CHARS = 2048
 ACTION = re.compile(r"\A[a-z0-9-]+:[A-Z][A-Za-z0-9]+\Z")
-READ_PREFIXES = ("Describe", "Get", "List", "Search", "Lookup", "BatchGet", "Select")
 
 # Actions the engine itself performs with the task's credentials, added to every plan policy.
 ENGINE_REGIONAL_ACTIONS = ("ec2:DescribeRegions",)
 
-# Operations whose IAM action is not `<signing name>:<operation name>`.
-_ACTION_OVERRIDES: dict[tuple[str, str], str] = {
-    ("s3", "GetPublicAccessBlock"): "s3:GetAccountPublicAccessBlock",
-    ("s3", "PutPublicAccessBlock"): "s3:PutAccountPublicAccessBlock",
-    ("s3", "DeletePublicAccessBlock"): "s3:PutAccountPublicAccessBlock",
-}
-
 
 def is_read_action(action: str) -> bool:
-    """True for an IAM action that only reads (Describe*, Get*, List*...)."""
-    return action.split(":", 1)[-1].startswith(READ_PREFIXES)
+    """True for an IAM action AWS classes as List or Read; an unknown action is not a read."""
+    return iamdata.is_read(action)
 
 
-def iam_action(signing_name: str, operation: str) -> str:
-    """The IAM action an API operation is authorised by."""
-    return _ACTION_OVERRIDES.get((signing_name, operation), f"{signing_name}:{operation}")
+def required_actions(service_name: str, signing_name: str, operation: str) -> tuple[str, ...]:
+    """The IAM actions an API operation is authorised by (see `iamdata.required_actions`)."""
+    return iamdata.required_actions(service_name, signing_name, operation)
 
 
 def phase_actions(task: type[Task], phase: Phase) -> tuple[str, ...]:
-    """Every action the session of `phase` may use, sorted and without repeats."""
+    """Every action the session of `phase` may use, with the dependent actions AWS requires of
+    them (Service Authorization Reference), sorted and without repeats."""
     actions = set(task.plan_actions)
     if task.regional:
         actions.update(ENGINE_REGIONAL_ACTIONS)
     if phase == "apply":
         actions.update(task.apply_actions)
-    return tuple(sorted(actions))
+    return tuple(sorted(iamdata.with_dependents(actions)))
 
 
 def session_policy(task: type[Task], phase: Phase) -> dict[str, Any]:
@@ -89,8 +85,8 @@ def check_declaration(task: type[Task]) -> None:
         raise TaskLoadError(f"task {label}: description must be a non-empty string")
     if not task.plan_actions:
         raise TaskLoadError(f"task {label}: plan_actions must not be empty")
-    for kind in ("plan_actions", "apply_actions"):
-        actions = getattr(task, kind)
+    for kind in ("plan_actions", "apply_actions", "undo_actions"):
+        actions = getattr(task, kind, ())
         if isinstance(actions, str) or not isinstance(actions, tuple | list):
             raise TaskLoadError(f"task {label}: {kind} must be a list of IAM actions")
         for action in actions:
@@ -98,9 +94,15 @@ def check_declaration(task: type[Task]) -> None:
                 raise TaskLoadError(
                     f"task {label}: {kind} holds {action!r}; expected 'service:Operation' with no wildcard"
                 )
-    writes = [a for a in task.plan_actions if not is_read_action(a)]
+            if iamdata.canonical(action) is None:
+                close = iamdata.suggestions(action)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise TaskLoadError(f"task {label}: {kind} holds {action}, which is not an IAM action AWS "
+                                    f"lists{hint}")
+    writes = [f"{a} ({iamdata.access_level(a)})" for a in task.plan_actions if not is_read_action(a)]
     if writes:
-        raise TaskLoadError(f"task {label}: plan_actions may only read, but declares {', '.join(writes)}")
+        raise TaskLoadError(f"task {label}: plan_actions may only read, but declares {', '.join(writes)} "
+                            "(access levels from AWS's Service Authorization Reference: only List and Read read)")
     if task.destructive and not task.apply_actions:
         raise TaskLoadError(f"task {label}: a destructive task must declare apply_actions")
     for phase in ("plan", "apply"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from orgrunner import iamdata
 from orgrunner.errors import TaskLoadError
 from orgrunner.policy import MAX_POLICY_CHARS, check_declaration, render, session_policy
 from orgrunner.sandbox import SandboxOrg
@@ -139,6 +140,58 @@ def test_writes_in_plan_actions_are_refused(write: str) -> None:
         check_declaration(task_class(plan_actions=("ec2:DescribeVpcs", write)))
 
 
+@pytest.mark.parametrize("write", ["redshift:GetClusterCredentials", "states:GetActivityTask",
+                                   "sts:GetWebIdentityToken"])
+def test_plan_actions_named_like_reads_are_refused_by_their_access_level(write: str) -> None:
+    """AWS classes these Get* actions as Write (or Permissions management): a name is no proof of a read."""
+    level = iamdata.access_level(write)
+    assert level not in (None, "List", "Read"), (write, level)
+    with pytest.raises(TaskLoadError, match=f"plan_actions may only read, but declares {write} \\({level}\\)"):
+        check_declaration(task_class(plan_actions=("ec2:DescribeVpcs", write)))
+
+
+@pytest.mark.parametrize(("kind", "typo", "suggested"), [
+    ("plan_actions", "ec2:DescribeVpc", "ec2:DescribeVpcs"),
+    ("plan_actions", "securityhub:GetEnabledStandard", "securityhub:GetEnabledStandards"),
+    ("apply_actions", "s3:PutPublicAccessBlock", "s3:PutBucketPublicAccessBlock"),
+    ("apply_actions", "ec2:RevokeSecurityGroupIngres", "ec2:RevokeSecurityGroupIngress"),
+])
+def test_an_action_aws_does_not_list_is_refused_with_the_closest_names(kind: str, typo: str, suggested: str) -> None:
+    with pytest.raises(TaskLoadError, match="not an IAM action AWS lists; did you mean") as refused:
+        check_declaration(task_class(**{kind: (typo,)}))
+    assert suggested in str(refused.value)
+
+
+def test_undo_actions_are_checked_against_aws_too() -> None:
+    with pytest.raises(TaskLoadError, match="undo_actions holds ec2:AuthorizeSecurityGroupIngres, which is not"):
+        check_declaration(task_class(undo_actions=("ec2:AuthorizeSecurityGroupIngres",)))
+
+
+def test_each_phase_policy_holds_the_dependent_actions_aws_requires() -> None:
+    cls = task_class(plan_actions=("securityhub:BatchGetStandardsControlAssociations",),
+                     apply_actions=("securityhub:BatchUpdateStandardsControlAssociations",))
+    plan = session_policy(cls, "plan")["Statement"][0]["Action"]
+    apply = session_policy(cls, "apply")["Statement"][0]["Action"]
+    assert "securityhub:DescribeStandardsControls" in plan and "securityhub:UpdateStandardsControl" not in plan
+    assert {"securityhub:DescribeStandardsControls", "securityhub:UpdateStandardsControl"} <= set(apply)
+
+
+def test_dependent_actions_count_toward_the_policy_size_limit() -> None:
+    """Declared actions whose policy would fit, plus the dependents AWS requires, exceed 2,048: refused."""
+    declared_apply = ("securityhub:BatchUpdateStandardsControlAssociations",)
+    reads = _reads(200)
+    for n in range(1, 200):
+        cls = task_class(plan_actions=reads[:n], apply_actions=declared_apply)
+        declared_only = {"Version": "2012-10-17", "Statement": [{"Sid": "orgrunnerApply", "Effect": "Allow",
+                         "Action": sorted({*reads[:n], *declared_apply}), "Resource": "*"}]}
+        if len(render(session_policy(cls, "apply"))) > MAX_POLICY_CHARS >= len(render(declared_only)):
+            break
+    else:
+        pytest.fail("no declaration fits without its dependents and overflows with them")
+    with pytest.raises(TaskLoadError, match="its apply session policy is"):
+        check_declaration(cls)
+
+
 @pytest.mark.parametrize(("declaration", "message"), [
     ({"plan_actions": ()}, "plan_actions must not be empty"),
     ({"plan_actions": "ec2:DescribeVpcs"}, "must be a list"),
@@ -157,8 +210,15 @@ def test_a_missing_declaration_is_refused() -> None:
         check_declaration(cls)
 
 
-def _reads(n: int, width: int = 30) -> tuple[str, ...]:
-    return tuple(f"ec2:Describe{'X' * (width - 16)}{i:04d}" for i in range(n))
+def _reads(n: int) -> tuple[str, ...]:
+    """`n` real actions AWS classes as reads."""
+    reads = [a for a in iamdata.service_actions("ec2") if iamdata.is_read(a)]
+    assert len(reads) >= n
+    return tuple(reads[:n])
+
+
+def _writes() -> list[str]:
+    return [a for a in iamdata.service_actions("ec2") if not iamdata.is_read(a)]
 
 
 def test_policy_size_limit_applies_to_each_phase_at_the_boundary() -> None:
@@ -169,8 +229,8 @@ def test_policy_size_limit_applies_to_each_phase_at_the_boundary() -> None:
     reads = ("ec2:DescribeVpcs",)
     fits, over = None, None
     writes: list[str] = []
-    for i in range(200):
-        writes.append(f"ec2:ModifySomething{i:04d}")
+    for write in _writes()[:200]:
+        writes.append(write)
         cls = task_class(plan_actions=reads, apply_actions=tuple(writes))
         if size(cls, "apply") > MAX_POLICY_CHARS:
             over = cls
@@ -186,4 +246,4 @@ def test_policy_size_limit_applies_to_each_phase_at_the_boundary() -> None:
 
 def test_too_many_plan_actions_are_refused() -> None:
     with pytest.raises(TaskLoadError, match="its plan session policy is"):
-        check_declaration(task_class(plan_actions=_reads(300)))
+        check_declaration(task_class(plan_actions=_reads(200)))

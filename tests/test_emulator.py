@@ -285,6 +285,25 @@ def test_session_policy_enforcement_on_json_and_rest_services(emulator: Emulator
     ]
 
 
+def test_session_policy_enforcement_requires_dependent_actions(emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """AWS lists ec2:CreateTags as a dependent action of AuthorizeSecurityGroupIngress: a session
+    policy holding only the declared action is refused, as AWS refuses it; with it, allowed."""
+    account_id, region = org.accounts["prod-app-1"], "us-east-1"
+    bare = _allow("ec2:DescribeVpcs", "ec2:DescribeSecurityGroups", "ec2:AuthorizeSecurityGroupIngress")
+    ec2 = aws_client(emulator.url, "ec2", region, **assume_role(emulator.url, account_id, Policy=bare))
+    full = aws_client(emulator.url, "ec2", region, **assume_role(
+        emulator.url, account_id, Policy=_allow("ec2:DescribeVpcs", "ec2:DescribeSecurityGroups",
+                                                "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateTags")))
+    emulator.enforce_session_policies(True)
+    group = _default_group(ec2)
+    rule = [{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": "10.9.0.0/16"}]}]
+    error = _error(lambda: ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=rule))
+    assert error["Code"] == "UnauthorizedOperation"
+    assert "ec2:CreateTags" in error["Message"]
+    assert "required with ec2:AuthorizeSecurityGroupIngress" in error["Message"]
+    assert full.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=rule)["Return"]
+
+
 @pytest.mark.parametrize(
     ("statements", "action", "verdict"),
     [

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from cfnlint.api import ManualArgs, lint
 
+from orgrunner import iamdata
 from orgrunner.policy import phase_actions
 from orgrunner.task import Task, load_tasks
 
@@ -85,10 +86,12 @@ def _granted(role: dict[str, Any]) -> set[str]:
 
 
 def _declared(tasks: list[type[Task]]) -> dict[str, set[str]]:
-    """Action -> the built-in tasks that need it: plan, apply and undo actions, and the engine's own."""
+    """Action -> the built-in tasks that need it: plan, apply and undo actions, the engine's own, and
+    the dependent actions AWS requires of each (from orgrunner/iamdata.py's table)."""
     needed: dict[str, set[str]] = {}
     for cls in tasks:
-        actions = {*cls.plan_actions, *cls.apply_actions, *cls.undo_actions, *phase_actions(cls, "apply")}
+        actions = iamdata.with_dependents(
+            {*cls.plan_actions, *cls.apply_actions, *cls.undo_actions, *phase_actions(cls, "apply")})
         for action in actions:
             needed.setdefault(action, set()).add(cls.name)
     return needed
@@ -158,6 +161,7 @@ def test_role_grants_nothing_beyond_the_tasks(role: dict[str, Any], builtin_task
     granted = _granted(role)
     for action in granted:
         assert "*" not in action and "?" not in action, f"wildcard action {action!r}"
+        assert iamdata.canonical(action) == action, f"{action!r} is not an IAM action as AWS lists it"
     extra = granted - set(_declared(builtin_tasks))
     assert not extra, f"the role grants actions no built-in task needs: {sorted(extra)}"
     assert "ManagedPolicyArns" not in role, "no managed policies (AdministratorAccess and the like)"

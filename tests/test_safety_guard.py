@@ -263,3 +263,24 @@ def test_call_guard_maps_operations_to_iam_actions(emulator: EmulatorClient) -> 
                                         PublicAccessBlockConfiguration={"BlockPublicAcls": True})
     assert len(emulator.requests(operation="GetPublicAccessBlock")) == 1
     assert emulator.requests(operation="PutPublicAccessBlock") == []
+
+
+def test_call_guard_tells_bucket_from_account_public_access_block(emulator: EmulatorClient) -> None:
+    """s3's (bucket) GetPublicAccessBlock is s3:GetBucketPublicAccessBlock in AWS's data, not the
+    account-level action: a task declaring only the account action cannot read a bucket's block."""
+    session = aws.Session.from_profile(None)
+    account_only = CallGuard("unit", "plan", ("s3:GetAccountPublicAccessBlock",)).install(session.client("s3", REGION))
+    with pytest.raises(CallNotAllowed, match="called s3:GetBucketPublicAccessBlock, which it did not declare"):
+        account_only.get_public_access_block(Bucket="any-bucket")
+    with pytest.raises(CallNotAllowed, match="s3:PutBucketPublicAccessBlock, a write"):
+        account_only.delete_public_access_block(Bucket="any-bucket")
+    assert emulator.requests(service="s3") == []
+
+
+def test_call_guard_checks_every_action_an_operation_requires(emulator: EmulatorClient) -> None:
+    """s3 CopyObject needs s3:GetObject and s3:PutObject: declaring one of them is not enough."""
+    session = aws.Session.from_profile(None)
+    s3 = CallGuard("unit", "apply", ("s3:PutObject",)).install(session.client("s3", REGION))
+    with pytest.raises(CallNotAllowed, match="called s3:GetObject, which it did not declare for the apply phase"):
+        s3.copy_object(Bucket="b", Key="k", CopySource="b/other")
+    assert emulator.requests(service="s3") == []

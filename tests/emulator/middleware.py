@@ -27,6 +27,8 @@ import botocore.loaders
 from botocore.model import ServiceModel
 from werkzeug.test import Client
 
+from orgrunner import iamdata
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 DEFAULT_ACCOUNT = "123456789012"
@@ -36,12 +38,6 @@ RULE_MATCH_FIELDS = ("service", "operation", "account", "target_account", "regio
 RULE_FIELDS = {*RULE_MATCH_FIELDS, "code", "message", "status", "times", "probability", "latency_ms"}
 _CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
 _REST_PROTOCOLS = ("rest-json", "rest-xml")
-# Operations whose IAM action is not "{signing name}:{operation}" (AWS Service Authorization Reference).
-IAM_ACTION_EXCEPTIONS = {
-    ("s3control", "GetPublicAccessBlock"): "s3:GetAccountPublicAccessBlock",
-    ("s3control", "PutPublicAccessBlock"): "s3:PutAccountPublicAccessBlock",
-    ("s3control", "DeletePublicAccessBlock"): "s3:PutAccountPublicAccessBlock",
-}
 
 
 # ---- which service and operation a request is -------------------------------------------------
@@ -121,9 +117,9 @@ class AwsRequest:
     params: dict[str, str]  # query-protocol parameters
 
     @property
-    def iam_action(self) -> str:
-        default = f"{self.signing_name}:{self.operation}"
-        return IAM_ACTION_EXCEPTIONS.get((self.service, self.operation), default)
+    def iam_actions(self) -> tuple[str, ...]:
+        """The actions AWS checks for this request (orgrunner/iamdata.py's table, as the guard)."""
+        return iamdata.required_actions(self.service, self.signing_name, self.operation)
 
     @property
     def assume_role_params(self) -> dict[str, Any]:
@@ -152,6 +148,9 @@ def parse_request(environ: dict[str, Any], body: bytes) -> AwsRequest | None:
     elif "Action" in params:
         operation = params["Action"]
         protocol = next((m.protocol for m in _service_models(signing_name) if m.protocol == "ec2"), "query")
+    if operation:
+        service = next((m.service_name for m in _service_models(signing_name) if operation in m.operation_names),
+                       signing_name)
     elif route := _resolve_rest(signing_name, environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), params):
         service, operation, protocol = route.service, route.operation, route.protocol
     return AwsRequest(signing_name, service, operation, protocol, region, access_key_id, params)
@@ -307,20 +306,27 @@ class EmulatorMiddleware:
         return latency_ms, None
 
     def _denial(self, request: AwsRequest, session: Session | None) -> tuple[str, str, int] | None:
+        """AWS's refusal when the session policy does not allow every action the request needs,
+        with the dependent actions AWS requires of each."""
         if not (self.state.enforce_session_policies and session and session.policy):
             return None
-        if request.iam_action.lower() == "sts:getcalleridentity":  # AWS never denies it
-            return None
-        verdict = session_policy_verdict(session.policy, request.iam_action)
-        if verdict == "allow":
-            return None
-        why = "with an explicit deny in" if verdict == "explicit-deny" else "because no"
-        message = f"User: {session.arn} is not authorized to perform: {request.iam_action} {why} session policy"
-        if verdict == "implicit-deny":
-            message += f" allows the {request.iam_action} action"
-        if request.protocol == "ec2":
-            message = f"You are not authorized to perform this operation. {message}"
-        return _access_denied(request.protocol), message, 403
+        for required in request.iam_actions:
+            if required.lower() == "sts:getcalleridentity":  # AWS never denies it
+                continue
+            for action in sorted(iamdata.with_dependents({required})):
+                verdict = session_policy_verdict(session.policy, action)
+                if verdict == "allow":
+                    continue
+                why = "with an explicit deny in" if verdict == "explicit-deny" else "because no"
+                message = f"User: {session.arn} is not authorized to perform: {action} {why} session policy"
+                if verdict == "implicit-deny":
+                    message += f" allows the {action} action"
+                if action != required:
+                    message += f" ({action} is required with {required})"
+                if request.protocol == "ec2":
+                    message = f"You are not authorized to perform this operation. {message}"
+                return _access_denied(request.protocol), message, 403
+        return None
 
     def _forward(
         self,
