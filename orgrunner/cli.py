@@ -39,6 +39,7 @@ from orgrunner.errors import (
     SafetyRefusal,
     Terminated,
 )
+from orgrunner.escape import visible
 from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions, err
 from orgrunner.planfile import load as load_plan
@@ -192,10 +193,10 @@ def whoami(profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, m
         org_id = Organization(session).describe()["Id"]
     except InputError:
         org_id = "(not in an organization)"
-    print(f"arn:          {caller.arn}")
-    print(f"account:      {caller.account_id}")
-    print(f"credentials:  {caller.kind} ({caller.key_prefix}..., from {caller.source})")
-    print(f"organization: {org_id}")
+    print(visible(f"arn:          {caller.arn}"))
+    print(visible(f"account:      {caller.account_id}"))
+    print(visible(f"credentials:  {caller.kind} ({caller.key_prefix}..., from {caller.source})"))
+    print(visible(f"organization: {org_id}"))
 
 
 @app.command()
@@ -222,7 +223,7 @@ def accounts(
         return
     print_selection(selection)
     for a in selection.targets:
-        print(f"{a.id}  {a.name:<30} {a.state:<10} {a.email}")
+        print(f"{a.id}  {visible(a.name):<30} {visible(a.state):<10} {visible(a.email)}")
     print(f"{len(selection.targets)} target account(s), {len(selection.skipped)} left out.")
 
 
@@ -233,7 +234,7 @@ def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
     for task in loaded.tasks.values():
         kind = "destructive" if task.destructive else "by plan"
         scope = "regional" if task.regional else "global"
-        print(f"{task.name:<32} {kind:<12} {scope:<9} {task.description}")
+        print(f"{visible(task.name):<32} {kind:<12} {scope:<9} {visible(task.description)}")
     if any(not t.destructive for t in loaded.tasks.values()):
         print("(by plan: --arm alone applies changes that only tighten; any change that relaxes security is "
               "destructive and needs the typed confirmation)")
@@ -263,15 +264,16 @@ def describe(
     """Show a task: its documentation, kind, config file and both session policies."""
     cls = load_tasks(tasks_dir).get(task)
     module = sys.modules.get(cls.__module__)
-    print(f"{cls.name}: {cls.description}")
+    print(visible(f"{cls.name}: {cls.description}"))
     kind = "destructive" if cls.destructive else "by plan (relaxing changes are destructive)"
     print(f"kind: {kind}, {'regional' if cls.regional else 'global'}")
     if cls.config_file:
-        print(f"config file: {config_dir(config) / cls.config_file}")
+        print(visible(f"config file: {config_dir(config) / cls.config_file}"))
     doc = (module.__doc__ or "").strip() if module else ""
     if doc:
         print()
-        print(doc)
+        for line in doc.splitlines():  # the task's docstring: its own lines kept, nothing else obeyed
+            print(visible(line))
     for phase in ("plan", "apply"):
         print()
         print(f"{phase} session policy:")
@@ -559,9 +561,9 @@ def doctor(
     for account_obj, problem in results:
         if problem:
             failed += 1
-            print(f"{account_obj.id} {account_obj.name:<30} FAILED: {problem}")
+            print(f"{account_obj.id} {visible(account_obj.name):<30} FAILED: {visible(problem)}")
         else:
-            print(f"{account_obj.id} {account_obj.name:<30} ok")
+            print(f"{account_obj.id} {visible(account_obj.name):<30} ok")
     print(f"{len(results) - failed} of {len(results)} account(s) ok; role {settings.role_name}.")
     if failed:
         raise typer.Exit(1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 from orgrunner.accounts import ACCOUNT_ID
 from orgrunner.errors import InputError, SafetyRefusal
+from orgrunner.escape import visible
 
 MAX_IDS_TO_TYPE = 10
 _KEY = object()
@@ -92,7 +93,7 @@ def confirm_listed(task: str, accounts: set[str], targets: set[str], listed: set
 def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | None,
                       listed: set[str] | None) -> None:
     """Protected accounts with planned changes need their own confirmation: their names typed
-    at the terminal, or their ids in `--confirm-protected`. Raises SafetyRefusal otherwise."""
+    (or their ids) at the terminal, or their ids in `--confirm-protected`. Raises SafetyRefusal otherwise."""
     if not protected:
         return
     if listed is not None:
@@ -106,10 +107,12 @@ def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | Non
             f"{len(protected)} protected account(s) have planned changes; without a terminal, confirm them "
             f"with --confirm-protected {','.join(sorted(protected))}; nothing applied")
     names = sorted(protected.values())
-    answer = ask(f"Protected accounts will change: type their names ({', '.join(names)}): ")
+    shown = ", ".join(f"{visible(protected[i])} ({i})" for i in sorted(protected))
+    answer = ask(f"Protected accounts will change: type their names, or their ids ({shown}): ")
+    typed = sorted(w for w in re.split(r"[\s,]+", answer.strip()) if w)
     words = sorted(w for name in names for w in re.split(r"[\s,]+", name) if w)
-    if sorted(w for w in re.split(r"[\s,]+", answer.strip()) if w) != words:
-        raise SafetyRefusal("protected accounts were not confirmed by name; nothing applied")
+    if typed != words and typed != sorted(protected):  # the ids: a name may hold what no one can type
+        raise SafetyRefusal("protected accounts were not confirmed by name or id; nothing applied")
 
 
 def confirm_unguarded(task: str, accounts: set[str]) -> Armed:

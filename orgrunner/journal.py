@@ -14,6 +14,7 @@ from typing import Any
 
 from orgrunner.audit import now, scrub
 from orgrunner.errors import InputError
+from orgrunner.escape import visible
 from orgrunner.task import Change
 
 RUN_ID = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\Z")
@@ -80,7 +81,7 @@ def read(state_dir: Path, run_id: str) -> tuple[str, str, list[Change]]:
             change = Change.from_dict(entry["change"])
         except (ValueError, KeyError, TypeError):
             if number == len(lines) and not text.endswith("\n"):
-                print(f"warning: {path}:{number}: the last line was torn by a crash; that change is left out",
+                print(visible(f"warning: {path}:{number}: the last line was torn by a crash; that change is left out"),
                       file=sys.stderr)
                 continue
             raise InputError(f"{path}:{number}: unreadable journal line") from None

@@ -37,6 +37,7 @@ from orgrunner.errors import (
     SafetyRefusal,
     Terminated,
 )
+from orgrunner.escape import visible
 from orgrunner.identity import Caller
 from orgrunner.journal import Journal
 from orgrunner.lock import RunLock
@@ -56,7 +57,8 @@ def new_run_id() -> str:
 
 
 def err(line: str) -> None:
-    print(scrub(line), file=sys.stderr, flush=True)
+    """One line on stderr: secrets scrubbed, control characters made visible."""
+    print(visible(scrub(line)), file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,6 @@ class Pipeline:
 
 
 def _ask(prompt: str) -> str:
-    print(prompt, end="", file=sys.stderr, flush=True)
+    print(visible(prompt), end="", file=sys.stderr, flush=True)
     return sys.stdin.readline()
 

@@ -16,6 +16,7 @@ from typing import IO, Any
 from orgrunner.audit import AuditLog, scrub
 from orgrunner.aws import RETRIES
 from orgrunner.errors import InputError
+from orgrunner.escape import visible
 from orgrunner.runner import TargetResult
 
 
@@ -57,7 +58,7 @@ class Reporter:
                 raise InputError(f"--report {report_path}: {exc.strerror or exc}") from None
 
     def echo(self, line: str = "") -> None:
-        print(scrub(line), file=self.out, flush=True)
+        print(visible(scrub(line)), file=self.out, flush=True)
 
     def result(self, result: TargetResult) -> None:
         if self._report is not None:  # the file first: an interrupt while printing must not lose it

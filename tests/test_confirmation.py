@@ -236,14 +236,15 @@ def test_protected_accounts_refuse_without_their_own_confirmation(cli: Cli, org:
     assert "Apply: 2 target(s) in 2 account(s): 2 applied" in result.stdout
 
 
-def test_protected_accounts_at_a_terminal_want_their_names(cli: Cli, org: SandboxOrg,
+def test_protected_accounts_at_a_terminal_want_their_names_or_ids(cli: Cli, org: SandboxOrg,
                                                            emulator: EmulatorClient) -> None:
     protected = sorted([org.accounts["prod-app-1"], org.accounts["prod-app-2"]])
     before = snapshot(emulator.url, protected, ["us-east-1"])
     args = ("run", TASK, "--arm", "--config", protect_prod(cli), "--include-protected", "--region", "us-east-1",
             "--account", protected[0], "--account", protected[1])
     names_prompt = re.compile(r"Protected accounts will change: type their names[^\n]*: ")
-    for why, answer in {"the ids instead of the names": " ".join(protected), "one name": "prod-app-1"}.items():
+    for why, answer in {"one of the two ids": protected[0], "one name": "prod-app-1",
+                        "a name and an id": f"prod-app-1 {protected[1]}"}.items():
         mark = len(emulator.requests())
         child = cli.spawn(*args, timeout=90)
         child.expect(names_prompt)

@@ -217,7 +217,7 @@ def test_interactive_protected_names_are_typed_before_the_account_confirmation(
     assert default_rules(emulator, prod) == [] and default_rules(emulator, dev) == []
 
 
-@pytest.mark.parametrize("answer", ["", "{prod}", "prod-app-1 dev-app-1"])
+@pytest.mark.parametrize("answer", ["", "{dev}", "{prod} {dev}", "prod-app-1 dev-app-1"])
 def test_interactive_wrong_protected_names_refuse_the_run(
         cli: Cli, org: SandboxOrg, config: str, emulator: EmulatorClient, answer: str) -> None:
     prod, dev = ids(org, "prod-app-1", "dev-app-1")
@@ -225,7 +225,7 @@ def test_interactive_wrong_protected_names_refuse_the_run(
 
     child = spawn_armed(cli, config, [prod, dev])
     child.expect("Protected accounts will change: type their names")
-    child.sendline(answer.format(prod=prod))
+    child.sendline(answer.format(prod=prod, dev=dev))  # the protected id alone would confirm
     index = child.expect(["type the ids of the accounts", pexpect.EOF])
     child.close()
 

@@ -1,0 +1,155 @@
+"""The attack list: each test is one attack tried against orgrunner, and what must hold.
+
+Sections are appended by the branch that closes them; a reviewer adds an attack by adding a case.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import pyte
+
+from orgrunner.sandbox import SandboxOrg
+from tests.cli import Cli
+from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids
+
+# === Records are evidence (issue #17) ===========================================================
+# Section 3: nothing from AWS, a file or task code reaches the terminal raw.
+
+REGION = "us-east-1"
+CLEAR_AND_FORGE = "evil\x1b[2J\x1b[H\x1b[32mALL CLEAR: Plan: 0 change(s) in 0 account(s)\x1b[0m"
+
+
+def rendered(text: str, columns: int = 250, lines: int = 200) -> list[str]:
+    """What a VT100 terminal shows after printing `text` (newlines as a terminal in cooked mode)."""
+    screen = pyte.Screen(columns, lines)
+    stream = pyte.Stream(screen)
+    stream.feed(text.replace("\r\n", "\n").replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display]
+
+
+def hidden(text: str) -> list[str]:
+    """The cells a terminal draws invisibly (SGR 8, conceal), as the text they hold, per line."""
+    screen = pyte.Screen(250, 200)
+    pyte.Stream(screen).feed(text.replace("\r\n", "\n").replace("\n", "\r\n"))
+    found = []
+    for row in range(screen.lines):
+        line = screen.buffer[row]
+        chars = "".join(line[col].data for col in range(screen.columns) if getattr(line[col], "conceal", False))
+        if chars.strip():
+            found.append(chars)
+    return found
+
+
+def add_account(emulator: EmulatorClient, name: str) -> str:
+    """A member account whose name is `name` (botocore lets AccountName hold any character)."""
+    orgs = aws_client(emulator.url, "organizations")
+    status = orgs.create_account(AccountName=name, Email="evil@sandbox.example")
+    account_id: str = status["CreateAccountStatus"]["AccountId"]
+    return account_id
+
+
+def test_an_account_name_cannot_clear_the_screen_of_orgrunner_accounts(cli: Cli, emulator: EmulatorClient,
+                                                                        org: SandboxOrg) -> None:
+    evil = add_account(emulator, CLEAR_AND_FORGE)
+    result = cli.run("accounts")
+    assert result.returncode == 0, result.stderr
+    screen = rendered(result.stdout)
+    shown = "\n".join(screen)
+    for name, account_id in org.accounts.items():  # the other accounts are still on the screen
+        assert any(line.startswith(account_id) and name in line for line in screen), (name, shown)
+    assert any(line.startswith(evil) and "\\x1b[2J" in line for line in screen), shown  # the name, made visible
+
+
+def test_an_account_name_cannot_wipe_another_accounts_plan_or_forge_the_summary(cli: Cli, emulator: EmulatorClient,
+                                                                                 org: SandboxOrg) -> None:
+    victim = org.accounts["dev-app-1"]
+    evil = add_account(emulator, CLEAR_AND_FORGE)
+    result = cli.run("run", "strip-default-sg", "--account", victim, "--account", evil, "--region", REGION,
+                     "--concurrency", "1")
+    assert result.returncode == 0, result.stderr
+    screen = rendered(result.stdout)
+    shown = "\n".join(screen)
+    assert any(line.startswith(victim) and "1 change(s)" in line for line in screen), shown
+    assert sum(1 for line in screen if line.strip().startswith("- sgr-") and " ingress from " in line) == 4, shown
+    assert [line for line in screen if line.startswith("Plan:")] == [
+        line for line in screen if line.startswith("Plan: 2 account(s)")], shown  # only the real summary
+    assert "\\x1b[2J" in shown
+
+
+def test_an_account_name_cannot_hide_text_in_the_protected_prompt_and_the_id_confirms_it(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    name = "prod-\x1b[8mhidden text\x1b[0m-x"
+    account = add_account(emulator, name)
+    orgs = aws_client(emulator.url, "organizations")
+    assert orgs.describe_account(AccountId=account)["Account"]["Name"] == name
+    config = tmp_path / "config" / "orgrunner.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("protected_accounts: {name_patterns: ['prod-*']}\n")
+    seed_default_group(emulator, account)
+    child = cli.spawn("run", "strip-default-sg", "--arm", "--account", account, "--region", REGION,
+                      "--include-protected", "--config", str(config))
+    child.expect("type their names")
+    child.expect(": ")
+    prompt = str(child.before)
+    assert not hidden(prompt), prompt  # nothing drawn invisibly
+    assert "\\x1b[8m" in "\n".join(rendered(prompt)), prompt
+    child.sendline(account)  # the id stands for a name no one could type
+    child.expect("type the ids")
+    child.sendline(account)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert len(default_rule_ids(emulator.url, account, REGION)) <= 1  # applied: only the self-reference left
+
+
+def seed_default_group(emulator: EmulatorClient, account: str) -> None:
+    from orgrunner.sandbox import _open_default_security_group
+    from tests.emulator.client import member_client
+
+    _open_default_security_group(member_client(emulator.url, account, "ec2", REGION))
+
+
+def test_a_task_modules_import_error_cannot_forge_another_failed_to_load_line(cli: Cli, tmp_path: Path) -> None:
+    tasks = tmp_path / "evil_tasks"
+    tasks.mkdir()
+    (tasks / "evil.py").write_text(
+        "raise ImportError('broken\\nfailed to load: tasks/strip_default_sg.py: forged\\x1b[2K')\n")
+    result = cli.run("tasks", "--tasks-dir", str(tasks))
+    screen = rendered(result.stderr)
+    failed = [line for line in screen if "failed to load" in line]
+    assert len(failed) == 1 and "\\n" in failed[0] and "\\x1b[2K" in failed[0], screen
+
+
+def test_errors_and_notes_from_aws_are_printed_escaped_and_kept_exact_in_the_report(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    evil = add_account(emulator, "bad\rname\x1b]0;owned\x07")
+    report = tmp_path / "report.jsonl"
+    result = cli.run("run", "strip-default-sg", "--account", evil, "--region", REGION, "--report", str(report))
+    assert "\x1b" not in result.stdout + result.stderr and "\r" not in result.stdout + result.stderr
+    assert "bad\\rname\\x1b]0;owned\\x07" in result.stdout + result.stderr
+    records: list[dict[str, Any]] = [json.loads(line) for line in report.read_text().splitlines()]
+    assert records and all(r["account"] == evil for r in records)
+    assert any(r.get("account_name") == "bad\rname\x1b]0;owned\x07" for r in records) or not any(
+        "account_name" in r for r in records)
+
+
+
+def test_visible_leaves_no_character_a_terminal_would_obey() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from orgrunner.escape import visible
+
+    @given(st.text())
+    def check(text: str) -> None:
+        shown = visible(text)
+        assert shown.isprintable(), repr(shown)
+        shown.encode("utf-8")  # a lone surrogate cannot reach the terminal either
+        assert visible(shown) == shown
+
+    check()
+    assert visible("a\x1b[2J\r\n\t\x7f\x9b\u202e\u2066b") == "a\\x1b[2J\\r\\n\\t\\x7f\\x9b\\u202e\\u2066b"
