@@ -1,7 +1,8 @@
 """The command line: parsing, printing and exit codes. No AWS calls of its own.
 
 Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; 3 refused by a safety
-rule; 70 an internal error (a bug: please report it); 130 interrupted.
+rule; 4 changes pending; 70 an internal error (a bug: please report it); 75 the lock is held;
+130 interrupted; 143 terminated. Each command's help lists the ones it can give.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -51,11 +52,23 @@ from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
 from orgrunner.undo import reversal
 
 ROLE_ARN = re.compile(r"\Aarn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}\Z")
-EXIT_CODES_HELP = (
-    "Exit codes: 0 success; 1 one or more targets failed; 2 bad usage or input; "
-    "3 refused by a safety rule; 4 changes pending (--fail-on-changes); 70 internal error; "
-    "75 another run holds the lock; 130 interrupted; 143 terminated."
-)
+EXIT_MEANING = {
+    0: "success", 1: "one or more targets failed", 2: "bad usage or input", 3: "refused by a safety rule",
+    4: "changes pending (--fail-on-changes)", 70: "internal error (a bug)", 75: "another run holds the lock",
+    130: "interrupted", 143: "terminated",
+}
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_MEANING.items()) + "."
+# What each kind of command can exit with: reads (organization, no lock), local (no AWS), runs.
+READ_EXITS = (0, 1, 2, 3, 70, 130, 143)
+LOCAL_EXITS = (0, 2, 70)
+RUN_EXITS = (0, 1, 2, 3, 70, 75, 130, 143)
+
+
+def epilog(codes: tuple[int, ...], *examples: str) -> str:
+    """A command's help footer: its examples (kept as written) and every exit code it can give."""
+    lines = "\n".join(f"  {e}" for e in examples)
+    exits = "; ".join(f"{code} {EXIT_MEANING[code]}" for code in codes)
+    return f"\b\nExamples:\n{lines}\n\nExit codes: {exits}."
 
 app = typer.Typer(
     name="orgrunner",
@@ -64,8 +77,10 @@ app = typer.Typer(
          + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode=None,
+    epilog=epilog((0, 1, 2, 3, 4, 70, 75, 130, 143), "orgrunner --sandbox run strip-default-sg",
+                  "orgrunner run strip-default-sg --arm --region eu-west-1", "orgrunner runs"),
 )
 sandbox_app = typer.Typer(help="A local emulated organization for trying orgrunner without AWS.",
                           no_args_is_help=True)
@@ -74,21 +89,23 @@ app.add_typer(sandbox_app, name="sandbox")
 
 # --- shared options ---------------------------------------------------------------------------
 
-Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile of the management account "
+Profile = Annotated[str | None, typer.Option("--profile", metavar="NAME", help="AWS profile of the management account "
                                              "(or AWS_PROFILE); the default profile is never used implicitly.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file [default: config/orgrunner.yaml "
-                                                "if present].", dir_okay=False)]
-AccountOpt = Annotated[list[str] | None, typer.Option("--account", help="Only this account id (repeatable).")]
-OuOpt = Annotated[list[str] | None, typer.Option("--ou", help="Only accounts under this OU, nested OUs "
-                                                 "included (repeatable).")]
-ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Leave out this account id (repeatable).")]
-TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Only accounts with tag KEY=VALUE "
+ConfigOpt = Annotated[Path | None, typer.Option("--config", metavar="FILE", dir_okay=False,
+                                                help="Settings file [default: config/orgrunner.yaml if present].")]
+AccountOpt = Annotated[list[str] | None, typer.Option("--account", metavar="ID",
+                                                      help="Only this account id (repeatable).")]
+OuOpt = Annotated[list[str] | None, typer.Option("--ou", metavar="OU_ID", help="Only accounts under this OU, nested "
+                                                 "OUs included (repeatable).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", metavar="ID",
+                                                      help="Leave out this account id (repeatable).")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Only accounts with tag KEY=VALUE "
                                                   "(repeatable; all must match).")]
 MgmtOpt = Annotated[bool, typer.Option("--include-management", help="Also target the management account.")]
 ProtOpt = Annotated[bool, typer.Option("--include-protected", help="Also target accounts protected by a name "
                                        "pattern (never those protected by id).")]
-TasksDirOpt = Annotated[Path | None, typer.Option("--tasks-dir", help="Also load the task modules of this folder.",
-                                                  file_okay=False)]
+TasksDirOpt = Annotated[Path | None, typer.Option("--tasks-dir", metavar="DIR", file_okay=False,
+                                                  help="Also load the task modules of this folder.")]
 
 
 def selectors(account: list[str] | None, ou: list[str] | None, exclude: list[str] | None,
@@ -100,10 +117,12 @@ def selectors(account: list[str] | None, ou: list[str] | None, exclude: list[str
 
 
 OperatorRoleOpt = Annotated[str | None, typer.Option(
-    "--operator-role-arn", help="First assume this role of yours in the management account (the first hop).")]
-MfaSerialOpt = Annotated[str | None, typer.Option("--mfa-serial", help="MFA device serial or ARN for the "
-                                                  "first hop; the token is prompted for unless --mfa-token.")]
-MfaTokenOpt = Annotated[str | None, typer.Option("--mfa-token", help="The current MFA code (non-interactive).")]
+    "--operator-role-arn", metavar="ARN",
+    help="First assume this role of yours in the management account (the first hop).")]
+MfaSerialOpt = Annotated[str | None, typer.Option("--mfa-serial", metavar="SERIAL", help="MFA device serial or ARN "
+                                                  "for the first hop; the token is prompted for unless --mfa-token.")]
+MfaTokenOpt = Annotated[str | None, typer.Option("--mfa-token", metavar="CODE",
+                                                 help="The current MFA code (non-interactive).")]
 
 
 @dataclass
@@ -166,27 +185,46 @@ def print_selection(selection: Selection) -> None:
         err(f"skipped {account.id} ({account.name}): {reason}")
 
 
-@app.callback()
-def main_options(
-    sandbox: Annotated[bool, typer.Option("--sandbox", help="Run against a local emulated organization "
-                                          "(needs the 'sandbox' extra): the one `orgrunner sandbox serve` "
-                                          "runs, or a fresh one for this command.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
-) -> None:
-    if version:
-        print(__version__)
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"orgrunner {__version__}")
         raise typer.Exit()
-    if sandbox:
+
+
+_sandbox_active: list[bool] = []
+
+
+def _use_sandbox(value: bool) -> bool:
+    """`--sandbox`, before or after the command: point this process at the emulated organization."""
+    if value and not _sandbox_active:
         from orgrunner import sandbox as sb
 
         sb.activate()
+        _sandbox_active.append(True)  # once, even when given before and after the command
+    return value
+
+
+SANDBOX_HELP = ("Run against a local emulated organization (needs the 'sandbox' extra): the one "
+                "`orgrunner sandbox serve` runs, or a fresh one for this command.")
+SandboxOpt = Annotated[bool, typer.Option("--sandbox", help=SANDBOX_HELP, callback=_use_sandbox)]
+
+
+@app.callback()
+def main_options(
+    sandbox: Annotated[bool, typer.Option("--sandbox", help=SANDBOX_HELP, callback=_use_sandbox)] = False,
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", is_eager=True,
+                                          callback=_show_version)] = False,
+) -> None:
+    pass
 
 
 # --- commands ---------------------------------------------------------------------------------
 
-@app.command()
+@app.command(epilog=epilog(READ_EXITS, "orgrunner whoami --profile mgmt",
+                           "orgrunner whoami --operator-role-arn arn:aws:iam::111122223333:role/Ops "
+                           "--mfa-serial arn:aws:iam::111122223333:mfa/alice"))
 def whoami(profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
-           mfa_token: MfaTokenOpt = None) -> None:
+           mfa_token: MfaTokenOpt = None, sandbox: SandboxOpt = False) -> None:
     """Show the caller: ARN, account, credential kind and organization id."""
     session, caller = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token))
     try:
@@ -199,17 +237,16 @@ def whoami(profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, m
     print(visible(f"organization: {org_id}"))
 
 
-@app.command()
+@app.command(epilog=epilog(READ_EXITS, "orgrunner accounts", "orgrunner accounts --ou ou-ab12-cd34ef56 --tag env=prod",
+                           "orgrunner accounts --format json"))
 def accounts(
     account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
     include_management: MgmtOpt = False, include_protected: ProtOpt = False,
-    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    output: Annotated[str, _format("text", "json", "table")] = "text",  # table: its name before formats were one
     profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
-    mfa_token: MfaTokenOpt = None, config: ConfigOpt = None,
+    mfa_token: MfaTokenOpt = None, config: ConfigOpt = None, sandbox: SandboxOpt = False,
 ) -> None:
     """List the accounts a run with these selectors would target, and those left out and why."""
-    if output not in ("table", "json"):
-        raise InputError(f"--format {output!r}: expected table or json")
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     settings = load_settings(config)
     session, _ = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token, settings.session_duration))
@@ -227,7 +264,7 @@ def accounts(
     print(f"{len(selection.targets)} target account(s), {len(selection.skipped)} left out.")
 
 
-@app.command("tasks")
+@app.command("tasks", epilog=epilog(LOCAL_EXITS, "orgrunner tasks", "orgrunner tasks --tasks-dir mytasks"))
 def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
     """List the registered tasks: name, destructive or not, global or regional, description."""
     loaded = load_tasks(tasks_dir)
@@ -242,10 +279,11 @@ def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
         err(f"failed to load: {error}")
 
 
-@app.command()
+@app.command(epilog=epilog(LOCAL_EXITS, "orgrunner policy strip-default-sg",
+                           "orgrunner policy iam-password-policy --phase apply"))
 def policy(
-    task: Annotated[str, typer.Argument(help="Task name.")],
-    phase: Annotated[str, typer.Option("--phase", help="plan (reads only) or apply.")] = "plan",
+    task: Annotated[str, typer.Argument(metavar="TASK", help="Task name.")],
+    phase: Annotated[str, typer.Option("--phase", metavar="[plan|apply]", help="plan (reads only) or apply.")] = "plan",
     tasks_dir: TasksDirOpt = None,
 ) -> None:
     """Print the session policy JSON that AssumeRole will carry for a task's phase."""
@@ -255,9 +293,10 @@ def policy(
     print(json.dumps(session_policy(cls, "apply" if phase == "apply" else "plan"), indent=2))
 
 
-@app.command()
+@app.command(epilog=epilog(LOCAL_EXITS, "orgrunner describe strip-default-sg",
+                           "orgrunner describe kms-key-rotation --tasks-dir mytasks"))
 def describe(
-    task: Annotated[str, typer.Argument(help="Task name.")],
+    task: Annotated[str, typer.Argument(metavar="TASK", help="Task name.")],
     tasks_dir: TasksDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -280,30 +319,45 @@ def describe(
         print(json.dumps(session_policy(cls, phase), indent=2))
 
 
-FormatOpt = Annotated[str, typer.Option("--format", help="text, or json: one machine-readable summary on "
-                                        "stdout (the per-target lines go to stderr).")]
-ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write one JSON line per account x region.",
-                                                dir_okay=False)]
-AuditOpt = Annotated[Path | None, typer.Option("--audit-log", help="Audit log file "
+def _format(*allowed: str) -> Any:
+    """`--format`, checked while the command line is parsed (before anything is read)."""
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            words = [w for w in allowed if w != "table"]
+            raise InputError(f"--format {value!r}: expected {', '.join(words[:-1])} or {words[-1]}")
+        return value
+
+    help_text = {"run": "text, or json: one machine-readable summary on stdout (the per-target lines go to "
+                 "stderr).", "accounts": "text: a table; json: one document on stdout."}
+    return typer.Option("--format", metavar="[" + "|".join(w for w in allowed if w != "table") + "]", callback=check,
+                        help=help_text["accounts" if "table" in allowed else "run"])
+
+
+FormatOpt = Annotated[str, _format("text", "json")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", metavar="FILE", dir_okay=False,
+                                                help="Write one JSON line per account x region.")]
+AuditOpt = Annotated[Path | None, typer.Option("--audit-log", metavar="FILE", help="Audit log file "
                                                "[default: ~/.local/state/orgrunner/audit.jsonl].")]
 ConfirmOpt = Annotated[str | None, typer.Option(
-    "--confirm-accounts", help="Confirm non-interactively: the account ids (comma separated) you approve; "
-    "must include every account with planned changes, and only targets of the run.")]
+    "--confirm-accounts", metavar="IDS", help="Confirm non-interactively: the account ids (comma separated) you "
+    "approve; must include every account with planned changes, and only targets of the run.")]
 ConfirmProtOpt = Annotated[str | None, typer.Option(
-    "--confirm-protected", help="With --include-protected, non-interactively: the ids of the protected "
+    "--confirm-protected", metavar="IDS", help="With --include-protected, non-interactively: the ids of the protected "
     "accounts with planned changes.")]
 LongTermOpt = Annotated[bool, typer.Option("--allow-long-term-credentials",
                                            help="Allow an armed run with long-term access keys.")]
-LockOpt = Annotated[float, typer.Option("--wait-for-lock", help="Wait up to SECONDS for another run of the "
-                                        "same task and organization to finish [default: 0, exit 75 at once].",
-                                        min=0)]
-RoleNameOpt = Annotated[str | None, typer.Option("--role-name", help="Role to assume in each account "
+LockOpt = Annotated[float, typer.Option("--wait-for-lock", metavar="SECONDS", min=0,
+                                        help="Wait up to SECONDS for another run of the same task and "
+                                        "organization to finish (0: exit 75 at once).")]
+RoleNameOpt = Annotated[str | None, typer.Option("--role-name", metavar="NAME", help="Role to assume in each account "
                                                  "[default: OrganizationAccountAccessRole].")]
-ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", help="Parallel workers [default: 16].")]
+ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", metavar="N",
+                                                    help="Parallel workers [default: 16].")]
 ProcessesOpt = Annotated[int | None, typer.Option(
-    "--processes", help="Worker processes for planning, the workers split among them [default: one per CPU, "
-    "at most 4, each with 50+ accounts; 1 off Linux].")]
-RegionOpt = Annotated[list[str] | None, typer.Option("--region", help="Only this region (repeatable) "
+    "--processes", metavar="N", help="Worker processes for planning, the workers split among them [default: one per "
+    "CPU, at most 4, each with 50+ accounts; 1 off Linux].")]
+RegionOpt = Annotated[list[str] | None, typer.Option("--region", metavar="REGION", help="Only this region (repeatable) "
                                                      "[default: every region enabled in each account].")]
 
 
@@ -345,8 +399,6 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
            audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
            role_name: str | None = None, concurrency: int | None = None, processes: int | None = None) -> Common:
     """Check everything the user typed, before any AWS call."""
-    if output not in ("text", "json"):
-        raise InputError(f"--format {output!r}: expected text or json")
     confirmed = parse_account_list(confirm_accounts) if confirm_accounts is not None else None
     protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
     if (confirmed is not None or protected_ok is not None) and not arm:
@@ -398,9 +450,12 @@ def failed_targets(report: Path, task: str) -> dict[str, list[str] | None]:
     return only
 
 
-@app.command()
+@app.command(epilog=epilog((*RUN_EXITS[:4], 4, *RUN_EXITS[4:]),
+                           "orgrunner run strip-default-sg --region eu-west-1",
+                           "orgrunner run strip-default-sg --arm --ou ou-ab12-cd34ef56",
+                           "orgrunner run strip-default-sg --plan-out plan.json   # then: orgrunner apply plan.json"))
 def run(
-    task: Annotated[str, typer.Argument(help="Task name (see `orgrunner tasks`).")],
+    task: Annotated[str, typer.Argument(metavar="TASK", help="Task name (see `orgrunner tasks`).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; nothing is written. The default.")] = False,
     arm: Annotated[bool, typer.Option("--arm", help="Plan, confirm, then apply exactly the planned changes.")] = False,
     confirm_accounts: ConfirmOpt = None,
@@ -412,12 +467,14 @@ def run(
     processes: ProcessesOpt = None,
     output: FormatOpt = "text",
     report: ReportOpt = None,
-    plan_out: Annotated[Path | None, typer.Option("--plan-out", help="Save the plan (dry run) for review and "
-                                                  "`orgrunner apply`.", dir_okay=False)] = None,
+    plan_out: Annotated[Path | None, typer.Option("--plan-out", metavar="FILE", dir_okay=False,
+                                                  help="Save the plan (dry run) for review and "
+                                                  "`orgrunner apply`.")] = None,
     fail_on_changes: Annotated[bool, typer.Option("--fail-on-changes", help="A dry run exits 4 when anything "
                                                   "would change (drift detection).")] = False,
-    retry_failed: Annotated[Path | None, typer.Option("--retry-failed", help="Run exactly the targets that "
-                                                      "failed in this earlier --report.", dir_okay=False)] = None,
+    retry_failed: Annotated[Path | None, typer.Option("--retry-failed", metavar="FILE", dir_okay=False,
+                                                      help="Run exactly the targets that failed in this earlier "
+                                                      "--report.")] = None,
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
     allow_long_term: LongTermOpt = False,
@@ -426,13 +483,10 @@ def run(
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
     tasks_dir: TasksDirOpt = None,
+    sandbox: SandboxOpt = False,
 ) -> None:
     """Plan a task across the organization (dry run, the default), or with --arm apply it after
-    the typed confirmation.
-
-    Exit codes: 0 success; 1 targets failed; 2 bad input; 3 refused by safety; 4 changes pending
-    (--fail-on-changes); 75 another run holds the lock; 130 interrupted.
-    """
+    the typed confirmation."""
     if dry_run and arm:
         raise InputError("--dry-run and --arm exclude each other")
     if plan_out is not None and arm:
@@ -464,9 +518,11 @@ def run(
     shared.execute(configure(task_cls, config_dir(config)))
 
 
-@app.command()
+@app.command(epilog=epilog(RUN_EXITS, "orgrunner apply plan.json",
+                           "orgrunner apply plan.json --confirm-accounts 111122223333,444455556666"))
 def apply(
-    plan_file: Annotated[Path, typer.Argument(help="A plan saved by `run --dry-run --plan-out`.", dir_okay=False)],
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN_FILE", dir_okay=False,
+                                              help="A plan saved by `run --dry-run --plan-out`.")],
     confirm_accounts: ConfirmOpt = None,
     confirm_protected: ConfirmProtOpt = None,
     include_protected: ProtOpt = False,
@@ -481,6 +537,7 @@ def apply(
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
     tasks_dir: TasksDirOpt = None,
+    sandbox: SandboxOpt = False,
 ) -> None:
     """Apply a saved plan: plan again live, and apply only if the live plan equals the saved one
     for every target (any drift refuses the whole apply, exit 3), after the usual confirmation."""
@@ -499,9 +556,12 @@ def apply(
     shared.execute(configure(task_cls, config_dir(config)))
 
 
-@app.command()
+@app.command(epilog=epilog(RUN_EXITS, "orgrunner runs                      # find the run id",
+                           "orgrunner undo 20261129T190242Z-d25652",
+                           "orgrunner undo 20261129T190242Z-d25652 --arm --account 111122223333"))
 def undo(
-    run_id: Annotated[str, typer.Argument(help="The run whose applied changes to reverse (see the audit log).")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run whose applied changes to reverse "
+                                          "(`orgrunner runs` lists them; `orgrunner runs show RUN_ID`).")],
     arm: Annotated[bool, typer.Option("--arm", help="Apply the reversal after the typed confirmation.")] = False,
     account: AccountOpt = None,
     confirm_accounts: ConfirmOpt = None,
@@ -517,6 +577,7 @@ def undo(
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
     tasks_dir: TasksDirOpt = None,
+    sandbox: SandboxOpt = False,
 ) -> None:
     """Reverse what a run applied, from its journal: a dry run by default; with --arm, restore
     after the typed confirmation. What has changed again since the run is left alone, and said."""
@@ -536,7 +597,8 @@ def undo(
     shared.execute(reversal(configure(task_cls, config_dir(config)), applied))
 
 
-@app.command()
+@app.command(epilog=epilog(READ_EXITS, "orgrunner doctor",
+                           "orgrunner doctor --role-name OrgRunnerRole --ou ou-ab12-cd34ef56"))
 def doctor(
     account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
     include_management: MgmtOpt = False, include_protected: ProtOpt = False,
@@ -545,6 +607,7 @@ def doctor(
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
+    sandbox: SandboxOpt = False,
 ) -> None:
     """Check that the role can be assumed in every targeted account; list where it cannot and why.
     Exit 1 when any account fails."""
@@ -571,9 +634,10 @@ def doctor(
 
 # --- sandbox ----------------------------------------------------------------------------------
 
-@sandbox_app.command("serve")
+@sandbox_app.command("serve", epilog=epilog((0, 2, 70, 130, 143), "orgrunner sandbox serve",
+                                             "orgrunner sandbox serve --port 5005"))
 def sandbox_serve(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 [default: a free one].")] = 0,
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port on 127.0.0.1 (0: a free one).")] = 0,
 ) -> None:
     """Start the emulated organization and keep it running; print the environment to use it."""
     from orgrunner import sandbox as sb

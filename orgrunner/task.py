@@ -237,10 +237,22 @@ class LoadedTasks:
         raise InputError(f"unknown task {name!r} (known tasks: {known})")
 
 
-def _builtin_modules() -> Iterator[str]:
-    import tasks as builtin
+# The installed package of the built-in tasks (the repository's tasks/ folder, mapped in
+# pyproject.toml under a name no other project uses). Only `builtin_modules` uses it.
+BUILTIN_TASKS = "orgrunner_builtin_tasks"
 
-    for info in pkgutil.iter_modules(builtin.__path__, prefix="tasks."):
+
+def builtin_modules() -> Iterator[str]:
+    """The module names of the built-in tasks: the one way to find them (the CLI and worker
+    processes both come here)."""
+    try:
+        builtin = importlib.import_module(BUILTIN_TASKS)
+    except ModuleNotFoundError as exc:
+        if exc.name != BUILTIN_TASKS:
+            raise
+        raise TaskLoadError(f"the built-in tasks ({BUILTIN_TASKS}) are not installed; "
+                            "reinstall orgrunner (pip install -e . in a checkout)") from None
+    for info in pkgutil.iter_modules(builtin.__path__, prefix=f"{BUILTIN_TASKS}."):
         if not info.name.rsplit(".", 1)[-1].startswith("_"):
             yield info.name
 
@@ -263,9 +275,12 @@ def load_tasks(tasks_dir: Path | None = None) -> LoadedTasks:
     """Import built-in tasks, tasks of installed packages (entry point group `orgrunner.tasks`)
     and, if given, the task files of a folder. A source that fails is reported, never fatal."""
     errors: list[str] = []
-    sources: list[tuple[str, Callable[[], object]]] = [
-        (name, functools.partial(importlib.import_module, name)) for name in _builtin_modules()
-    ]
+    try:
+        sources: list[tuple[str, Callable[[], object]]] = [
+            (name, functools.partial(importlib.import_module, name)) for name in builtin_modules()
+        ]
+    except TaskLoadError as exc:
+        sources, errors = [], [str(exc)]
     for ep in importlib.metadata.entry_points(group="orgrunner.tasks"):
         sources.append((f"entry point {ep.name} ({ep.value})", ep.load))
     if tasks_dir is not None:

@@ -23,7 +23,8 @@ from botocore.exceptions import ClientError
 
 from orgrunner.aws import call, error_code, paginate
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
-from tasks._sg_rules import content, default_group, describe_rule, permission, rules_of
+
+from ._sg_rules import content, default_group, describe_rule, permission, rules_of
 
 
 @register

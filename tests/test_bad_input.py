@@ -86,7 +86,7 @@ def test_bad_flag_is_refused_before_any_aws_call(cli: Cli, emulator: EmulatorCli
     ("args", "words"),
     [
         pytest.param((*RUN, "--concurrency", "many"), ("--concurrency", "integer"), id="concurrency-not-a-number"),
-        pytest.param(("run",), ("Missing argument", "task"), id="no-task"),
+        pytest.param(("run",), ("Missing argument", "TASK"), id="no-task"),
         pytest.param((*RUN, "--bogus"), ("--bogus",), id="unknown-flag"),
     ],
 )
@@ -225,6 +225,6 @@ def test_run_help_names_the_safety_options_and_exit_codes(cli: Cli, emulator: Em
     assert "--confirm-accounts" in result.stdout and "--arm" in result.stdout
     text = " ".join(result.stdout.split())
     assert "Exit codes" in text
-    for fragment in ("0 success", "1 targets failed", "2 bad input", "3 refused"):
+    for fragment in ("0 success", "1 one or more targets failed", "2 bad usage or input", "3 refused"):
         assert fragment in text, fragment
     assert_no_aws_call(emulator)

@@ -18,7 +18,7 @@ from cfnlint.api import ManualArgs, lint
 
 from orgrunner import iamdata
 from orgrunner.policy import phase_actions
-from orgrunner.task import Task, load_tasks
+from orgrunner.task import BUILTIN_TASKS, Task, load_tasks
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "config" / "orgrunner-role.yaml"
 
@@ -63,9 +63,9 @@ def role(template: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def builtin_tasks() -> list[type[Task]]:
     loaded = load_tasks()
-    broken = [e for e in loaded.errors if e.startswith("tasks.")]
+    broken = [e for e in loaded.errors if e.startswith(f"{BUILTIN_TASKS}.")]
     assert not broken, f"built-in tasks failed to load: {broken}"
-    found = [cls for cls in loaded.tasks.values() if cls.__module__.startswith("tasks.")]
+    found = [cls for cls in loaded.tasks.values() if cls.__module__.startswith(f"{BUILTIN_TASKS}.")]
     assert "strip-default-sg" in {cls.name for cls in found}
     return found
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from orgrunner_builtin_tasks.ebs_default_encryption import EbsDefaultEncryption, EbsDefaultEncryptionConfig
 
 from orgrunner.sandbox import SandboxOrg
 from orgrunner.task import Drift
-from tasks.ebs_default_encryption import EbsDefaultEncryption, EbsDefaultEncryptionConfig
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import Stubbed, run_cli, task_config
 

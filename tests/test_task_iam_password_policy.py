@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orgrunner_builtin_tasks.iam_password_policy import IamPasswordPolicy, PasswordPolicyConfig
 
 from orgrunner.sandbox import SandboxOrg
 from orgrunner.task import Drift
-from tasks.iam_password_policy import IamPasswordPolicy, PasswordPolicyConfig
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import emulator_contexts, run_cli, task_config
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orgrunner_builtin_tasks.s3_account_public_access_block import PublicAccessBlockConfig, S3AccountPublicAccessBlock
 
 from orgrunner.sandbox import SandboxOrg
 from orgrunner.task import Drift
-from tasks.s3_account_public_access_block import PublicAccessBlockConfig, S3AccountPublicAccessBlock
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import emulator_contexts, run_cli, task_config
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orgrunner_builtin_tasks.securityhub_controls import SecurityHubControls, SecurityHubControlsConfig
 
 from orgrunner.errors import TargetError
 from orgrunner.sandbox import SandboxOrg
 from orgrunner.task import Skip
-from tasks.securityhub_controls import SecurityHubControls, SecurityHubControlsConfig
 from tests.emulator.client import EmulatorClient
 from tests.tasks_helpers import Stubbed, run_cli, task_config
 
