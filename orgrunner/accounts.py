@@ -142,6 +142,19 @@ class Organization:
                 "list_organizational_units_for_parent", "OrganizationalUnits", ParentId=parent))
         return found
 
+    def ou_paths(self) -> dict[str, str]:
+        """Account id -> the path of OU names from the root down to the account's parent
+        ("Root/Workloads/Prod"), from one breadth-first walk of the tree (two list calls per OU,
+        not one ListParents per account)."""
+        paths: dict[str, str] = {}
+        queue = [(root["Id"], str(root.get("Name") or "Root")) for root in self._api("list_roots", "Roots")]
+        while queue:
+            parent, path = queue.pop(0)
+            paths.update((a["Id"], path) for a in self._api("list_accounts_for_parent", "Accounts", ParentId=parent))
+            queue.extend((ou["Id"], f"{path}/{ou.get('Name') or ou['Id']}") for ou in self._api(
+                "list_organizational_units_for_parent", "OrganizationalUnits", ParentId=parent))
+        return paths
+
     def tags(self, account_id: str) -> dict[str, str]:
         return {t["Key"]: t["Value"] for t in self._api("list_tags_for_resource", "Tags", ResourceId=account_id)}
 

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -319,7 +320,7 @@ def describe(
         print(json.dumps(session_policy(cls, phase), indent=2))
 
 
-def _format(*allowed: str) -> Any:
+def _format(*allowed: str, help: str | None = None) -> Any:
     """`--format`, checked while the command line is parsed (before anything is read)."""
 
     def check(value: str) -> str:
@@ -331,7 +332,7 @@ def _format(*allowed: str) -> Any:
     help_text = {"run": "text, or json: one machine-readable summary on stdout (the per-target lines go to "
                  "stderr).", "accounts": "text: a table; json: one document on stdout."}
     return typer.Option("--format", metavar="[" + "|".join(w for w in allowed if w != "table") + "]", callback=check,
-                        help=help_text["accounts" if "table" in allowed else "run"])
+                        help=help or help_text["accounts" if "table" in allowed else "run"])
 
 
 FormatOpt = Annotated[str, _format("text", "json")]
@@ -372,7 +373,8 @@ class Common:
     options: RunOptions
     allow_long_term: bool
 
-    def execute(self, task: Task) -> None:
+    def prepare(self) -> tuple[aws.Session, Caller, Selection]:
+        """The caller (checked) and the accounts the selectors choose (those left out printed)."""
         session, caller = caller_session(self.hop)
         if caller.long_term:
             if self.options.arm and not self.allow_long_term:
@@ -381,6 +383,10 @@ class Common:
             err("warning: long-term access keys (AKIA...) in use; prefer temporary credentials")
         selection = Organization(session).select(self.selectors, self.settings.protection())
         print_selection(selection)
+        return session, caller, selection
+
+    def execute(self, task: Task) -> None:
+        session, caller, selection = self.prepare()
         if not selection.targets:
             err("no accounts match the selectors; nothing to do")
             if self.options.output_format == "json":
@@ -595,6 +601,117 @@ def undo(
     shared.options.lock_name = task_name
     task_cls = load_tasks(tasks_dir).get(task_name)
     shared.execute(reversal(configure(task_cls, config_dir(config)), applied))
+
+
+@app.command(epilog=epilog((0, 1, 2, 3, 70, 75, 130, 143), "orgrunner report",
+                           "orgrunner report strip-default-sg --ou ou-ab12-cd34ef56 --format html --output report.html",
+                           "orgrunner report --publish confluence --confluence-url https://example.atlassian.net "
+                           "--confluence-user ops@example.com --page-id 123456"))
+def report(
+    tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to report on [default: every task of the "
+                                                      "baseline, config/baseline.yaml].", show_default=False)] = None,
+    output_format: Annotated[str, _format("markdown", "html", "csv", "json",
+                                          help="markdown, html (one self-contained page), csv or json.")] = "markdown",
+    output: Annotated[Path | None, typer.Option("--output", metavar="FILE", help="Write the document to this file "
+                                                "[default: stdout].", dir_okay=False)] = None,
+    baseline_file: Annotated[Path | None, typer.Option(
+        "--baseline", metavar="FILE", help="The baseline file [default: baseline.yaml beside the settings].",
+        dir_okay=False)] = None,
+    publish: Annotated[str | None, typer.Option("--publish", metavar="confluence",
+                                                help="Also publish the report to a Confluence page.")] = None,
+    page_id: Annotated[str | None, typer.Option("--page-id", metavar="ID", help="The Confluence page to replace.")
+                       ] = None,
+    confluence_url: Annotated[str | None, typer.Option(
+        "--confluence-url", metavar="URL", help="https://SITE.atlassian.net (Cloud) or the Data Center server's URL "
+        "[default: $ORGRUNNER_CONFLUENCE_URL].")] = None,
+    confluence_user: Annotated[str | None, typer.Option(
+        "--confluence-user", metavar="EMAIL", help="Cloud: the account email the API token belongs to (basic auth); "
+        "without it the token is sent as a bearer token (a Data Center personal access token).")] = None,
+    confluence_token_file: Annotated[Path | None, typer.Option(
+        "--confluence-token-file", metavar="FILE", help="A file holding the token [default: "
+        "$ORGRUNNER_CONFLUENCE_TOKEN]; the token is never taken from the command line.", dir_okay=False)] = None,
+    account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
+    include_management: MgmtOpt = False, include_protected: ProtOpt = False,
+    region: RegionOpt = None,
+    role_name: RoleNameOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    processes: ProcessesOpt = None,
+    wait_for_lock: LockOpt = 0,
+    audit_log: AuditOpt = None,
+    profile: Profile = None,
+    operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
+    config: ConfigOpt = None,
+    tasks_dir: TasksDirOpt = None,
+    sandbox: SandboxOpt = False,
+) -> None:
+    """Compliance of the organization, read-only: the plan phase of every baseline task (or the
+    tasks named) across the selected accounts, as one document: the account inventory and an
+    accounts x tasks matrix (compliant, N pending changes, failed, skipped), with totals per
+    task and per OU. One dry run in the audit log. Exit 1 when a target could not be planned
+    (the document is still written)."""
+    from orgrunner import baseline, compliance, confluence
+
+    if output is not None:
+        writable_file("--output", output)
+    target_page = None
+    if publish is not None:
+        if publish != "confluence":
+            raise InputError(f"--publish {publish!r}: expected confluence")
+        url = confluence_url or os.environ.get("ORGRUNNER_CONFLUENCE_URL", "")
+        if not url or not page_id:
+            raise InputError("--publish confluence needs --page-id and --confluence-url (or $ORGRUNNER_CONFLUENCE_URL)")
+        target_page = confluence.page(url, page_id, confluence.read_token(confluence_token_file), confluence_user)
+    elif page_id or confluence_url or confluence_user or confluence_token_file:
+        raise InputError("--page-id and the --confluence-* options go with --publish confluence")
+    loaded = load_tasks(tasks_dir)
+    if tasks:
+        names = list(dict.fromkeys(tasks))
+        for name in names:
+            loaded.get(name)  # an unknown name is one line, before any AWS call
+    else:
+        names = list(baseline.load(baseline_file or baseline.path_in(config_dir(config)), loaded.tasks).tasks)
+    chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
+    shared = common(arm=False, confirm_accounts=None, confirm_protected=None, chosen=chosen, region=region,
+                    config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token), output="text",
+                    report=None, audit_log=audit_log, wait_for_lock=wait_for_lock, allow_long_term=False,
+                    command="report " + ",".join(names), role_name=role_name, concurrency=concurrency,
+                    processes=processes)
+    configured = tuple(configure(loaded.get(name), config_dir(config)) for name in names)
+    session, caller, selection = shared.prepare()
+    if not selection.targets:
+        err("no accounts match the selectors; nothing to report")
+        return
+    matrix = compliance.Matrix()
+    shared.options.lock_name = "report"
+    shared.options.survey = configured
+    shared.options.observe = matrix.observe
+    pipeline = Pipeline(configured[0], shared.settings, session, caller, selection, chosen, shared.regions,
+                        shared.options)
+    code = pipeline.execute()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        raise typer.Exit(code)
+    organization = Organization(session)
+    document = compliance.Document(
+        run_id=pipeline.run_id, generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        organization_id=selection.organization_id, tasks=names,
+        rows=compliance.inventory(organization, selection, matrix, names),
+        status="ok" if code == 0 else "some targets failed")
+    rendered = compliance.render(document, output_format)
+    if output is None:
+        sys.stdout.write(rendered)
+        sys.stdout.flush()
+    else:
+        try:
+            output.write_text(rendered, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--output {output}: {exc.strerror or exc}") from None
+        err(f"report written to {output}")
+    if target_page is not None:
+        version = confluence.publish(target_page, compliance.render(document, "storage"),
+                                     f"orgrunner report {pipeline.run_id}")
+        err(f"published to Confluence page {target_page.page_id} (version {version})")
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(epilog=epilog(READ_EXITS, "orgrunner doctor",

@@ -78,8 +78,9 @@ def _part(part: int | str) -> str:
     return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
-def parse(text: str, source: str, model: type[M]) -> M:
-    """Validate YAML text against `model`; raise InputError with one readable line."""
+def parse(text: str, source: str, model: type[M], context: dict[str, Any] | None = None) -> M:
+    """Validate YAML text against `model` (its validators see `context`); raise InputError with
+    one readable line."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -96,7 +97,7 @@ def parse(text: str, source: str, model: type[M]) -> M:
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping of settings at the top, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -109,11 +110,11 @@ def parse(text: str, source: str, model: type[M]) -> M:
         raise InputError(f"{where}: {path}: {message}{got}{more}") from None
 
 
-def load(path: Path, model: type[M]) -> M:
+def load(path: Path, model: type[M], context: dict[str, Any] | None = None) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
-    return parse(text, str(path), model)
+    return parse(text, str(path), model, context)

@@ -43,7 +43,7 @@ from orgrunner.journal import Journal
 from orgrunner.lock import RunLock
 from orgrunner.planfile import SavedPlan, drift
 from orgrunner.policy import phase_actions, render, session_policy
-from orgrunner.report import Reporter
+from orgrunner.report import Reporter, merged
 from orgrunner.runner import Outcome, Runner, TargetResult
 from orgrunner.settings import Settings, state_dir
 from orgrunner.shards import ShardedPlanner, auto_processes, can_fork
@@ -82,6 +82,10 @@ class RunOptions:
     only: dict[str, list[str] | None] | None = None  # `--retry-failed`: exactly these targets
     lock_name: str | None = None  # the task whose runs must not overlap (undo locks its task's runs)
     command: str = "run"
+    # `orgrunner report`: plan each of these tasks in this one run (a dry run), each result handed
+    # to `observe`; nothing is applied or saved (see Pipeline._survey)
+    survey: tuple[Task, ...] = ()
+    observe: Callable[[Task, TargetResult], None] | None = None
 
 
 class Pipeline:
@@ -124,7 +128,7 @@ class Pipeline:
                 f"role {self.settings.role_name}")
             status, code = "interrupted", EXIT_INTERRUPTED
             try:
-                code = self._plan_confirm_apply()
+                code = self._survey() if self.options.survey else self._plan_confirm_apply()
                 status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
                 return code
             except KeyboardInterrupt as exc:
@@ -186,7 +190,27 @@ class Pipeline:
         reporter.echo(reporter.apply_summary())
         return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
 
-    def _plan(self, keep: bool) -> tuple[dict[Target, list[Change]], list[Target]]:
+    def _survey(self) -> int:
+        """`orgrunner report`: each task's plan phase in turn, through the same planning path as a
+        dry run, under that task's own plan session policy and session name; the per-target lines
+        go to stderr (stdout carries the document). Exit 1 when any target failed."""
+        audit = self.reporter.audit
+        operator = self.caller.operator or self.caller.arn
+        total = Reporter("report", self.run_id, sys.stderr, audit, None)
+        for task in self.options.survey:
+            if self.stop.is_set():
+                break
+            self.task, self.cls = task, type(task)
+            self.session_name = session_name(operator, self.cls.name, self.run_id)
+            self.reporter = Reporter(self.cls.name, self.run_id, sys.stderr, audit, None)
+            self._plan(keep=False, observe=self.options.observe)
+            self.reporter.echo(f"{self.cls.name}: {self.reporter.plan_summary()}")
+            total.tallies["plan"] = merged(total.tallies["plan"], self.reporter.tallies["plan"])
+        self.reporter = total  # the run's end records the tallies of every task together
+        return EXIT_TARGETS_FAILED if total.tallies["plan"].failed else EXIT_OK
+
+    def _plan(self, keep: bool, observe: Callable[[Task, TargetResult], None] | None = None,
+              ) -> tuple[dict[Target, list[Change]], list[Target]]:
         """Stream the plan; keep the changes only when they will be needed (armed, saved, compared)."""
         plan: dict[Target, list[Change]] = {}
         planned_ok: list[Target] = []
@@ -204,6 +228,8 @@ class Pipeline:
         estimate = len(accounts) * (len(self.regions) if self.regions else 1)
         def take(result: TargetResult) -> None:
             self.reporter.result(result)
+            if observe is not None:
+                observe(self.task, result)
             if keep and result.status == "ok":
                 planned_ok.append(result.target)
                 if result.changes:

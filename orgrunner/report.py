@@ -33,6 +33,15 @@ class Tally:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
+def merged(a: Tally, b: Tally) -> Tally:
+    """Two phases' counters as one (the tasks of a report, counted together)."""
+    return Tally(targets=a.targets + b.targets, failed=a.failed + b.failed, skipped=a.skipped + b.skipped,
+                 changes=a.changes + b.changes, accounts=a.accounts | b.accounts, regions=a.regions | b.regions,
+                 accounts_with_changes=a.accounts_with_changes | b.accounts_with_changes,
+                 failed_accounts=a.failed_accounts | b.failed_accounts,
+                 outcomes={k: a.outcomes.get(k, 0) + b.outcomes.get(k, 0) for k in {*a.outcomes, *b.outcomes}})
+
+
 def summarize(t: Tally) -> dict[str, object]:
     """A phase's counters as the JSON summary and the audit log's run-end show them."""
     return {"targets": t.targets, "changes": t.changes, "failed": t.failed, "skipped": t.skipped,
