@@ -5,6 +5,8 @@ Sections are appended by the branch that closes them; a reviewer adds an attack 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,39 @@ def test_visible_leaves_no_character_a_terminal_would_obey() -> None:
 
     check()
     assert visible("a\x1b[2J\r\n\t\x7f\x9b\u202e\u2066b") == "a\\x1b[2J\\r\\n\\t\\x7f\\x9b\\u202e\\u2066b"
+
+
+# === The report and its publishing (issue #14) ==================================================
+# `orgrunner report` is read-only and its document is read by people in browsers, spreadsheets
+# and Confluence: a task cannot write through it, and nothing from AWS can script the page.
+
+
+def test_a_task_that_writes_while_planning_cannot_write_through_a_report(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    account = org.accounts["dev-app-1"]
+    before = default_rule_ids(emulator.url, account, "us-east-1")
+    mark = len(emulator.requests())
+    result = cli.run("report", "writes-in-plan", "strip-default-sg", "--tasks-dir",
+                     str(Path(__file__).parent / "broken_tasks"), "--account", account, "--region", "us-east-1",
+                     "--format", "json")
+    assert result.returncode == 1, result.stderr  # the writing task's target failed; the document is written
+    row = next(a for a in json.loads(result.stdout)["accounts"] if a["id"] == account)
+    assert row["tasks"]["writes-in-plan"]["status"] == "failed"
+    assert "RevokeSecurityGroupIngress" in row["tasks"]["writes-in-plan"]["detail"]
+    assert row["tasks"]["strip-default-sg"]["status"] == "pending"
+    assert [r for r in emulator.requests()[mark:] if r["operation"].startswith(("Revoke", "Authorize"))] == []
+    assert default_rule_ids(emulator.url, account, "us-east-1") == before
+
+
+def test_an_account_name_cannot_script_the_html_report_or_run_in_a_spreadsheet(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    evil = '=HYPERLINK("http://x")<img src=x onerror=alert(1)><script>alert(2)</script>'
+    account = add_account(emulator, evil)
+    html_page = cli.run("report", "strip-default-sg", "--account", account, "--region", "us-east-1",
+                        "--format", "html")
+    assert html_page.returncode == 0, html_page.stderr
+    assert "<img" not in html_page.stdout and "<script>alert" not in html_page.stdout
+    assert html_page.stdout.count("<script>") == 1  # only the page's own sorting script
+    table = cli.run("report", "strip-default-sg", "--account", account, "--region", "us-east-1", "--format", "csv")
+    (row,) = [r for r in csv.DictReader(io.StringIO(table.stdout)) if r["account_id"] == account]
+    assert row["name"] == "'" + evil  # shown as text by a spreadsheet, never run as a formula
