@@ -315,3 +315,18 @@ def test_untrusted_text_cannot_break_out_of_any_format() -> None:
                       if line.startswith("| 111122223333"))
     cells = re.split(r"(?<!\\)\|", table_line)[1:-1]
     assert len(cells) == 6, "a pipe in a name does not add a column (account, name, state, regions, tags, task)"
+
+
+def test_each_task_plans_within_its_own_read_only_session_policy_in_worker_processes_too(
+        configured: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    """With session policies enforced as AWS enforces them, and planning spread over processes,
+    no call of the report is refused: each task ran under its own plan-phase policy."""
+    emulator.enforce_session_policies(True)
+    mark = len(emulator.requests())
+    result = check(configured.run("report", *TASKS, "--region", "us-east-1", "--ou", org.ous["NonProd"],
+                                  "--processes", "2", "--format", "json"))
+    assert "planning in 2 processes" in result.stderr
+    document = json.loads(result.stdout)
+    targeted = [a for a in document["accounts"] if a["targeted"]]
+    assert len(targeted) == 4 and all(c["status"] == "pending" for a in targeted for c in a["tasks"].values())
+    assert [r for r in emulator.requests()[mark:] if r["status"] == 403] == []
