@@ -12,11 +12,12 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 
 from orgrunner.errors import InputError
+from orgrunner.statefiles import Mode, StateFolder, open_file
 
 # Access key ids look alike; secret keys and session tokens do not, so every one this process
 # holds is registered (`register_secret`) and removed wherever it would appear.
@@ -68,14 +69,45 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class _SafeHandler(ConcurrentRotatingFileHandler):
+    """concurrent-log-handler with every file it opens (the log, its lock file) opened through
+    orgrunner.statefiles: never through a symbolic link, never a FIFO or a device."""
+
+    def __init__(self, path: Path, state: StateFolder | None, follow_symlinks: bool, **kwargs: Any) -> None:
+        self._state = state
+        self._follow = follow_symlinks
+        super().__init__(str(path), **kwargs)
+
+    def _safe_open(self, file_path: str, mode: str) -> IO[str]:
+        path = Path(file_path)
+        opened: Mode = "w" if mode == "w" else "r+" if mode == "r+" else "a"
+        if self._state is not None:
+            return self._state.open(path, opened)
+        return open_file(path, opened, follow_symlinks=self._follow, flag="--audit-log")
+
+    def do_open(self, mode: str | None = None) -> Any:
+        return self._safe_open(self.baseFilename, mode or "a")
+
+    def atomic_open(self, file_path: str) -> Any:
+        return self._safe_open(file_path, "r+")
+
+
 class AuditLog:
-    def __init__(self, path: Path, run_id: str, max_bytes: int = 20 * 1024 * 1024, backups: int = 10) -> None:
+    def __init__(self, path: Path, run_id: str, max_bytes: int = 20 * 1024 * 1024, backups: int = 10,
+                 *, state: StateFolder | None = None, follow_symlinks: bool = False) -> None:
+        """`state`: the state folder, when the log is its audit.jsonl (state-file rules); otherwise
+        `path` came from --audit-log or the settings (output-path rules, `--follow-symlinks`)."""
         self.path = path
         self.run_id = run_id
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._handler = ConcurrentRotatingFileHandler(
-                str(path), mode="a", maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+            if state is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            # Checked now: a planted link or a FIFO fails before the run starts, not in a log call.
+            probe = state.open(path, "a") if state is not None else \
+                open_file(path, "a", follow_symlinks=follow_symlinks, flag="--audit-log")
+            probe.close()
+            self._handler = _SafeHandler(path, state, follow_symlinks, mode="a", maxBytes=max_bytes,
+                                         backupCount=backups, encoding="utf-8")
         except OSError as exc:
             raise InputError(f"audit log {path}: {exc.strerror or exc}") from None
         self._handler.setFormatter(logging.Formatter("%(message)s"))

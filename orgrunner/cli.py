@@ -49,6 +49,7 @@ from orgrunner.policy import session_policy
 from orgrunner.report import Tally, summarize
 from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
+from orgrunner.statefiles import StateFolder, check_output_path
 from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
 from orgrunner.undo import reversal
 
@@ -171,14 +172,11 @@ def validate_regions(regions: list[str], where: str = "--region") -> list[str]:
     return list(dict.fromkeys(regions))
 
 
-def writable_file(flag: str, path: Path, create_parents: bool = True) -> None:
+def writable_file(flag: str, path: Path, create_parents: bool = True, follow_symlinks: bool = False) -> None:
     """Refuse, before any AWS call, a file path orgrunner could not write when results arrive
-    (logs and reports create their missing folders; a plan file's folder must exist)."""
-    folder = path.parent
-    while create_parents and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InputError(f"{flag} {path}: not a writable file path")
+    (logs and reports create their missing folders; a plan file's folder must exist), a FIFO or a
+    device, and a symbolic link unless --follow-symlinks."""
+    check_output_path(flag, path, follow_symlinks=follow_symlinks, create_parents=create_parents)
 
 
 def print_selection(selection: Selection) -> None:
@@ -346,6 +344,8 @@ ConfirmOpt = Annotated[str | None, typer.Option(
 ConfirmProtOpt = Annotated[str | None, typer.Option(
     "--confirm-protected", metavar="IDS", help="With --include-protected, non-interactively: the ids of the protected "
     "accounts with planned changes.")]
+FollowOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Write --report, --audit-log and --plan-out "
+                                         "through a symbolic link (refused otherwise).")]
 LongTermOpt = Annotated[bool, typer.Option("--allow-long-term-credentials",
                                            help="Allow an armed run with long-term access keys.")]
 LockOpt = Annotated[float, typer.Option("--wait-for-lock", metavar="SECONDS", min=0,
@@ -403,7 +403,8 @@ class Common:
 def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | None, chosen: Selectors,
            region: list[str] | None, config: Path | None, hop: Hop, output: str, report: Path | None,
            audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
-           role_name: str | None = None, concurrency: int | None = None, processes: int | None = None) -> Common:
+           role_name: str | None = None, concurrency: int | None = None, processes: int | None = None,
+           follow_symlinks: bool = False) -> Common:
     """Check everything the user typed, before any AWS call."""
     confirmed = parse_account_list(confirm_accounts) if confirm_accounts is not None else None
     protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
@@ -415,11 +416,12 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
         validate_regions(settings.regions, "regions in the settings file") if settings.regions else None)
     for flag, path in (("--report", report), ("--audit-log", settings.audit_log)):
         if path is not None:
-            writable_file(flag, path)
+            writable_file(flag, path, follow_symlinks=follow_symlinks)
+    StateFolder(state_dir())  # ours alone, or refused now, before any AWS call
     hop.duration = settings.session_duration
     options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok), report=report,
                          output_format="json" if output == "json" else "text", wait_for_lock=wait_for_lock,
-                         command=command)
+                         command=command, follow_symlinks=follow_symlinks)
     return Common(settings, hop, chosen, regions, options, allow_long_term)
 
 
@@ -484,6 +486,7 @@ def run(
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
     allow_long_term: LongTermOpt = False,
+    follow_symlinks: FollowOpt = False,
     confirm_protected: ConfirmProtOpt = None,
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
@@ -500,7 +503,7 @@ def run(
     if fail_on_changes and arm:
         raise InputError("--fail-on-changes is for dry runs")
     if plan_out is not None:
-        writable_file("--plan-out", plan_out, create_parents=False)
+        writable_file("--plan-out", plan_out, create_parents=False, follow_symlinks=follow_symlinks)
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     only = None
     if retry_failed is not None:
@@ -515,7 +518,8 @@ def run(
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term, command="run", role_name=role_name, concurrency=concurrency,
+                    allow_long_term=allow_long_term,
+                    follow_symlinks=follow_symlinks, command="run", role_name=role_name, concurrency=concurrency,
                     processes=processes)
     shared.options.plan_out = plan_out
     shared.options.fail_on_changes = fail_on_changes
@@ -539,6 +543,7 @@ def apply(
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
     allow_long_term: LongTermOpt = False,
+    follow_symlinks: FollowOpt = False,
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
@@ -555,7 +560,8 @@ def apply(
     shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term, command="apply", role_name=saved.role_name,
+                    allow_long_term=allow_long_term,
+                    follow_symlinks=follow_symlinks, command="apply", role_name=saved.role_name,
                     concurrency=concurrency, processes=processes)
     shared.options.expected = saved
     task_cls = load_tasks(tasks_dir).get(saved.task)
@@ -578,6 +584,7 @@ def undo(
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
     allow_long_term: LongTermOpt = False,
+    follow_symlinks: FollowOpt = False,
     role_name: RoleNameOpt = None,
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
@@ -597,7 +604,8 @@ def undo(
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term, command=f"undo {run_id}", role_name=role_name)
+                    allow_long_term=allow_long_term,
+                    follow_symlinks=follow_symlinks, command=f"undo {run_id}", role_name=role_name)
     shared.options.lock_name = task_name
     task_cls = load_tasks(tasks_dir).get(task_name)
     shared.execute(reversal(configure(task_cls, config_dir(config)), applied))

@@ -15,6 +15,7 @@ from typing import Any
 from orgrunner.audit import now, scrub
 from orgrunner.errors import InputError
 from orgrunner.escape import visible
+from orgrunner.statefiles import StateFolder
 from orgrunner.task import Change
 
 RUN_ID = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\Z")
@@ -28,6 +29,7 @@ class Journal:
     """Append-only, one line per change outcome; safe to call from worker threads."""
 
     def __init__(self, state_dir: Path, run_id: str, task: str, task_version: str) -> None:
+        self.state = StateFolder(state_dir)
         self.path = journal_dir(state_dir) / f"{run_id}.jsonl"
         self.run_id = run_id
         self.task = task
@@ -43,11 +45,8 @@ class Journal:
         line = json.dumps(entry, default=str) + "\n"  # change data comes from AWS reads: kept exact
         with self._lock:
             if self._file is None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = self.path.open("a", encoding="utf-8")
-                except OSError as exc:
-                    raise InputError(f"journal {self.path}: {exc.strerror or exc}") from None
+                self.state.folder("journal")
+                self._file = self.state.open(self.path, "a")
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -68,7 +67,8 @@ def read(state_dir: Path, run_id: str) -> tuple[str, str, list[Change]]:
     path = journal_dir(state_dir) / f"{run_id}.jsonl"
     if not path.is_file():
         raise InputError(f"run {run_id}: no journal at {path} (that run applied nothing, or ran elsewhere)")
-    text = path.read_text(encoding="utf-8")
+    with StateFolder(state_dir).open(path, "r") as handle:  # a planted link or FIFO is refused
+        text = handle.read()
     lines = text.splitlines()
     task, version = "", ""
     outcomes: dict[str, tuple[str, Change]] = {}

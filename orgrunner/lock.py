@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import IO
 
 from orgrunner.errors import OrgrunnerError
+from orgrunner.statefiles import StateFolder
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
@@ -26,13 +27,14 @@ class Locked(OrgrunnerError):
 
 class RunLock:
     def __init__(self, state_dir: Path, organization_id: str, task: str, wait_seconds: float = 0) -> None:
+        self.state = StateFolder(state_dir)
         self.path = state_dir / "locks" / f"{organization_id}.{task}.lock"
         self.wait_seconds = wait_seconds
         self._file: IO[str] | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("a+", encoding="utf-8")
+        self.state.folder("locks")
+        handle = self.state.open(self.path, "r+")  # never through a planted link, never a FIFO
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:

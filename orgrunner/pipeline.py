@@ -47,6 +47,7 @@ from orgrunner.report import Reporter, merged
 from orgrunner.runner import Outcome, Runner, TargetResult
 from orgrunner.settings import Settings, state_dir
 from orgrunner.shards import ShardedPlanner, auto_processes, can_fork
+from orgrunner.statefiles import StateFolder
 from orgrunner.task import Change, Target, Task
 
 Mode = Literal["dry-run", "armed"]
@@ -86,6 +87,7 @@ class RunOptions:
     # to `observe`; nothing is applied or saved (see Pipeline._survey)
     survey: tuple[Task, ...] = ()
     observe: Callable[[Task, TargetResult], None] | None = None
+    follow_symlinks: bool = False  # --follow-symlinks: output paths may be symbolic links
 
 
 class Pipeline:
@@ -115,9 +117,13 @@ class Pipeline:
         lock = RunLock(state, self.selection.organization_id or "no-org", self.options.lock_name or self.cls.name,
                        self.options.wait_for_lock)
         with lock:
-            audit = AuditLog(self.settings.audit_log or state / "audit.jsonl", self.run_id)
+            follow = self.options.follow_symlinks
+            if self.settings.audit_log is not None:
+                audit = AuditLog(self.settings.audit_log, self.run_id, follow_symlinks=follow)
+            else:
+                audit = AuditLog(state / "audit.jsonl", self.run_id, state=StateFolder(state))
             out = sys.stderr if self.options.output_format == "json" else sys.stdout
-            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report)
+            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow)
             self.journal = Journal(state, self.run_id, self.cls.name, self.cls.version)
             audit.event("run-start", task=self.cls.name, command=self.options.command, mode=self.mode,
                         operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
@@ -129,6 +135,8 @@ class Pipeline:
             status, code = "interrupted", EXIT_INTERRUPTED
             try:
                 code = self._survey() if self.options.survey else self._plan_confirm_apply()
+                if self.reporter.report_error and code == EXIT_OK:
+                    code = EXIT_TARGETS_FAILED
                 status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
                 return code
             except KeyboardInterrupt as exc:
@@ -268,7 +276,7 @@ class Pipeline:
             role_name=self.settings.role_name, regions=self.regions,
             policies={p: session_policy(self.cls, p) for p in ("plan", "apply")},
             targets=planned_ok, changes=plan,
-        ).write(self.options.plan_out)
+        ).write(self.options.plan_out, self.options.follow_symlinks)
         err(f"plan written to {self.options.plan_out}")
 
     def _check_drift(self, live: dict[Target, list[Change]], plan_failed: bool) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orgrunner.errors import InputError
+from orgrunner.statefiles import open_file
 from orgrunner.task import Change, Target
 
 FORMAT = "orgrunner-plan/1"
@@ -49,9 +50,11 @@ class SavedPlan:
             "changes": [c.to_dict() for t in sorted(self.changes) for c in self.changes[t]],
         }, indent=2, default=str)
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, follow_symlinks: bool = False) -> None:
+        """Written through orgrunner.statefiles: a symbolic link is refused unless followed on purpose."""
         try:
-            path.write_text(self.to_json() + "\n", encoding="utf-8")
+            with open_file(path, "w", follow_symlinks=follow_symlinks, flag="--plan-out") as handle:
+                handle.write(self.to_json() + "\n")
         except OSError as exc:
             raise InputError(f"--plan-out {path}: {exc.strerror or exc}") from None
 

@@ -18,6 +18,7 @@ from orgrunner.aws import RETRIES
 from orgrunner.errors import InputError
 from orgrunner.escape import visible
 from orgrunner.runner import TargetResult
+from orgrunner.statefiles import open_file
 
 
 @dataclass
@@ -50,7 +51,8 @@ def summarize(t: Tally) -> dict[str, object]:
 
 
 class Reporter:
-    def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None) -> None:
+    def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None,
+                 follow_symlinks: bool = False) -> None:
         self.task = task
         self.run_id = run_id
         self.out = out
@@ -59,20 +61,27 @@ class Reporter:
         self._report: IO[str] | None = None
         self.failed_targets: list[dict[str, str | None]] = []
         self._advance: Callable[[TargetResult], None] = lambda _: None
+        self.report_path = report_path
+        self.report_error: str | None = None  # the report could not be written: the run cannot exit 0
         if report_path is not None:
             try:
                 report_path.parent.mkdir(parents=True, exist_ok=True)
-                self._report = report_path.open("a", encoding="utf-8")
             except OSError as exc:
                 raise InputError(f"--report {report_path}: {exc.strerror or exc}") from None
+            self._report = open_file(report_path, "a", follow_symlinks=follow_symlinks, flag="--report")
 
     def echo(self, line: str = "") -> None:
         print(visible(scrub(line)), file=self.out, flush=True)
 
     def result(self, result: TargetResult) -> None:
         if self._report is not None:  # the file first: an interrupt while printing must not lose it
-            self._report.write(scrub(json.dumps(result.record(self.task, self.run_id), default=str)) + "\n")
-            self._report.flush()
+            try:
+                self._report.write(scrub(json.dumps(result.record(self.task, self.run_id), default=str)) + "\n")
+                self._report.flush()
+            except OSError as exc:  # a full disk: said once, the run goes on and cannot exit 0
+                self.report_error = f"--report {self.report_path}: {exc.strerror or exc}; the report is incomplete"
+                self._report = None
+                print(visible(self.report_error), file=sys.stderr, flush=True)
         tally = self.tallies[result.phase]
         target = result.target
         tally.targets += 1
@@ -174,4 +183,9 @@ class Reporter:
 
     def close(self) -> None:
         if self._report is not None:
-            self._report.close()
+            report, self._report = self._report, None
+            try:
+                report.close()
+            except OSError as exc:
+                self.report_error = f"--report {self.report_path}: {exc.strerror or exc}; the report is incomplete"
+                print(visible(self.report_error), file=sys.stderr, flush=True)

@@ -8,14 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pexpect
 import pyte
+import pytest
 
 from orgrunner.sandbox import SandboxOrg
-from tests.cli import Cli
+from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids
 
 # === Records are evidence (issue #17) ===========================================================
@@ -191,3 +195,151 @@ def test_an_account_name_cannot_script_the_html_report_or_run_in_a_spreadsheet(
     table = cli.run("report", "strip-default-sg", "--account", account, "--region", "us-east-1", "--format", "csv")
     (row,) = [r for r in csv.DictReader(io.StringIO(table.stdout)) if r["account_id"] == account]
     assert row["name"] == "'" + evil  # shown as text by a spreadsheet, never run as a formula
+
+
+# === Records are evidence (issue #17), continued ===============================================
+# Section 2: the state folder is ours alone; output paths are what they claim to be.
+
+TASK = "strip-default-sg"
+
+
+def state(cli: Cli) -> Path:
+    return cli.home / "state" / "orgrunner"
+
+
+def dry_run(cli: Cli, org: SandboxOrg, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return cli.run("run", TASK, "--account", org.accounts["dev-app-1"], "--region", REGION, *args, timeout=timeout)
+
+
+def one_line_refusal(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("orgrunner:")]
+    assert len(lines) == 1 and all(w in lines[0] for w in words), result.stderr
+
+
+def victim_file(tmp_path: Path) -> Path:
+    """A root-only file outside the state folder that an attacker wants truncated or appended to."""
+    victim = tmp_path / "victim" / "shadow"
+    victim.parent.mkdir()
+    victim.write_text("root:secret-hash:19000::::::\n")
+    victim.chmod(0o600)
+    return victim
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o773], ids=oct)
+def test_a_state_folder_others_can_write_to_is_refused_before_any_aws_call(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, mode: int) -> None:
+    state(cli).mkdir(parents=True)
+    state(cli).chmod(mode)
+    mark = len(emulator.requests())
+    result = dry_run(cli, org)
+    one_line_refusal(result, 3, str(state(cli)), "writable by others", "chmod o-w", "docs/operations.md")
+    assert emulator.requests()[mark:] == []
+    assert not (state(cli) / "locks").exists() and not (state(cli) / "audit.jsonl").exists()
+
+
+def test_a_state_folder_owned_by_another_user_is_refused(cli: Cli, emulator: EmulatorClient,
+                                                          org: SandboxOrg) -> None:
+    state(cli).mkdir(parents=True, mode=0o700)
+    os.chown(state(cli), 4242, 4242)
+    result = dry_run(cli, org)
+    one_line_refusal(result, 3, "belongs to another user", "uid 4242", "docs/operations.md")
+    assert list(state(cli).iterdir()) == []
+
+
+def test_the_documented_shared_folder_group_owned_0770_is_accepted(cli: Cli, org: SandboxOrg) -> None:
+    state(cli).mkdir(parents=True)
+    os.chown(state(cli), 4242, os.getegid())  # another user's folder, shared with our group
+    state(cli).chmod(0o770)
+    result = dry_run(cli, org)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((state(cli) / "audit.jsonl").stat().st_mode) == 0o660
+    assert stat.S_IMODE((state(cli) / "locks").stat().st_mode) == 0o770
+
+
+def test_state_files_are_private_whatever_the_umask(cli: Cli, org: SandboxOrg) -> None:
+    command = subprocess.list2cmdline([orgrunner_command(), "run", TASK, "--account", org.accounts["dev-app-1"],
+                                       "--region", REGION, "--arm", "--confirm-accounts",
+                                       org.accounts["dev-app-1"]])
+    result = subprocess.run(["sh", "-c", f"umask 000; exec {command}"], env=cli.env(), cwd=cli.home,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for path in [state(cli), *state(cli).rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    assert stat.S_IMODE(state(cli).parent.stat().st_mode) == 0o700  # a parent orgrunner made, too
+
+
+def test_a_symlink_planted_at_the_lock_path_does_not_truncate_its_target(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    victim = victim_file(tmp_path)
+    (state(cli) / "locks").mkdir(parents=True, mode=0o700)
+    state(cli).chmod(0o700)
+    (state(cli) / "locks" / f"{org.organization_id}.{TASK}.lock").symlink_to(victim)
+    result = dry_run(cli, org)
+    one_line_refusal(result, 3, "symbolic link")
+    assert victim.read_text() == "root:secret-hash:19000::::::\n"
+
+
+def test_a_symlink_planted_at_audit_jsonl_does_not_receive_the_audit_lines(
+        cli: Cli, org: SandboxOrg, tmp_path: Path) -> None:
+    victim = victim_file(tmp_path)
+    state(cli).mkdir(parents=True, mode=0o700)
+    (state(cli) / "audit.jsonl").symlink_to(victim)
+    result = dry_run(cli, org)
+    one_line_refusal(result, 3, "audit.jsonl", "symbolic link")
+    assert victim.read_text() == "root:secret-hash:19000::::::\n"
+
+
+def test_a_fifo_at_audit_jsonl_does_not_hang_the_run_holding_the_lock(cli: Cli, org: SandboxOrg) -> None:
+    state(cli).mkdir(parents=True, mode=0o700)
+    os.mkfifo(state(cli) / "audit.jsonl")
+    try:
+        result = dry_run(cli, org, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung on a FIFO at audit.jsonl")
+    one_line_refusal(result, 3, "audit.jsonl", "not a regular file")
+    again = dry_run(cli, org, "--audit-log", str(cli.home / "elsewhere.jsonl"), timeout=60)
+    assert again.returncode == 0, again.stderr  # the lock was not left held
+
+
+@pytest.mark.parametrize("flag", ["--report", "--audit-log", "--plan-out"])
+def test_an_output_path_that_is_a_symlink_is_refused_before_any_aws_call(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path, flag: str) -> None:
+    victim = victim_file(tmp_path)
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(victim)
+    mark = len(emulator.requests())
+    result = dry_run(cli, org, flag, str(link))
+    one_line_refusal(result, 2, flag, "symbolic link", "--follow-symlinks")
+    assert emulator.requests()[mark:] == []
+    assert victim.read_text() == "root:secret-hash:19000::::::\n"
+
+
+def test_follow_symlinks_writes_through_an_output_symlink_on_purpose(cli: Cli, org: SandboxOrg,
+                                                                     tmp_path: Path) -> None:
+    target = tmp_path / "reports" / "real.jsonl"
+    target.parent.mkdir()
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target)
+    result = dry_run(cli, org, "--report", str(link), "--follow-symlinks")
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and [json.loads(x)["account"] for x in target.read_text().splitlines()] == [
+        org.accounts["dev-app-1"]]
+
+
+@pytest.mark.parametrize("flag", ["--report", "--audit-log", "--plan-out"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/full", "/dev/null"])
+def test_a_fifo_or_device_as_output_path_is_refused_up_front(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path, flag: str, kind: str) -> None:
+    path = Path(kind) if kind.startswith("/dev/") else tmp_path / "pipe"
+    if kind == "fifo":
+        os.mkfifo(path)
+    mark = len(emulator.requests())
+    try:
+        result = dry_run(cli, org, flag, str(path), timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{flag} {kind} hung the run")
+    one_line_refusal(result, 2, flag, "not a regular file")
+    assert emulator.requests()[mark:] == []
