@@ -22,7 +22,6 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal
 
@@ -97,13 +96,6 @@ class StateFolder:
         """A file inside the state folder: never followed, a regular file, ours (or our group's)."""
         return open_file(path, mode, follow_symlinks=False, create_mode=self.file_mode,
                          owner_group=self.shared, state=True)
-
-    def contains(self, path: Path) -> bool:
-        try:
-            return path.parent.resolve() == self.root.resolve() or self.root.resolve() in path.parent.resolve().parents
-        except OSError:
-            return False
-
 
 def _make_private_parents(root: Path) -> None:
     """Create the state folder and any missing parents 0700, whatever the umask."""
@@ -206,11 +198,3 @@ def check_output_path(flag: str, path: Path, *, follow_symlinks: bool = False, c
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise InputError(f"{flag} {path}: not a writable file path")
 
-
-@contextlib.contextmanager
-def opened(path: Path, mode: Mode, **kwargs: bool) -> Iterator[IO[str]]:
-    handle = open_file(path, mode, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield handle
-    finally:
-        handle.close()
