@@ -49,7 +49,7 @@ from orgrunner.policy import session_policy
 from orgrunner.report import Tally, summarize
 from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
-from orgrunner.statefiles import StateFolder, check_output_path
+from orgrunner.statefiles import StateFolder, check_output_path, open_file
 from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
 from orgrunner.undo import reversal
 
@@ -710,7 +710,8 @@ def report(
         sys.stdout.flush()
     else:
         try:
-            output.write_text(rendered, encoding="utf-8")
+            with open_file(output, "w", flag="--output") as handle:  # never through a link, a FIFO, a device
+                handle.write(rendered)
         except OSError as exc:
             raise InputError(f"--output {output}: {exc.strerror or exc}") from None
         err(f"report written to {output}")
