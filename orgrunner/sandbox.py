@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import hmac
 import importlib
 import importlib.util
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -32,6 +34,9 @@ from typing import IO, Any
 
 import boto3
 import botocore.session
+
+from orgrunner.errors import InputError, OrgrunnerError
+from orgrunner.statefiles import StateFolder
 
 SANDBOX_ENV_CREDENTIALS: dict[str, str] = {
     # Fake temporary credentials; moto maps any unknown key to its default account 123456789012.
@@ -57,6 +62,7 @@ class Emulator:
     port: int
     process: subprocess.Popen[bytes]
     _stderr: IO[bytes] = field(repr=False)
+    token: str = field(default="", repr=False)  # what our emulator, and only it, answers at _TOKEN_PATH
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -84,15 +90,21 @@ def _free_port() -> int:
         return port
 
 
-def _answers(url: str) -> bool:
+_TOKEN_PATH = "/_orgrunner/sandbox-token"
+_TOKEN_ENV = "ORGRUNNER_SANDBOX_TOKEN"
+
+
+def _is_ours(url: str, token: str) -> bool | None:
+    """Whether the server at `url` is the emulator that was given `token` (None: nothing answers).
+    Another user's server on the port must never be taken for ours."""
     try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
+        with urllib.request.urlopen(f"{url}{_TOKEN_PATH}", timeout=2) as answer:
+            return hmac.compare_digest(answer.read(256), token.encode())
     except urllib.error.HTTPError as error:
         error.close()
-        return True  # any HTTP answer means the server is up
-    except OSError:
         return False
+    except OSError:
+        return None
 
 
 def start_emulator(
@@ -104,17 +116,23 @@ def start_emulator(
     added to the child's environment (e.g. PYTHONPATH so it can import the wrapper).
     """
     port = port or _free_port()
-    env = {**os.environ, **(extra_env or {}), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+    token = secrets.token_hex(16)
+    env = {**os.environ, **(extra_env or {}), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", _TOKEN_ENV: token}
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "orgrunner.sandbox", "serve-moto", "--port", str(port)]
+    # -P: the current folder is not put on the import path (an argparse.py there must not run)
+    cmd = [sys.executable, "-P", "-m", "orgrunner.sandbox", "serve-moto", "--port", str(port)]
     if wsgi_wrapper:
         cmd += ["--wrapper", wsgi_wrapper]
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the Emulator, closed by stop())
     process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-    emulator = Emulator(url=f"http://127.0.0.1:{port}", port=port, process=process, _stderr=stderr)
+    emulator = Emulator(url=f"http://127.0.0.1:{port}", port=port, process=process, _stderr=stderr, token=token)
     deadline = time.monotonic() + _READY_TIMEOUT_S
-    while not _answers(f"{emulator.url}/moto-api/"):
+    while not (ours := _is_ours(emulator.url, token)):
+        if ours is False:
+            emulator.stop()
+            raise InputError(f"port {port} is taken by another server (it is not this sandbox's emulator); "
+                             "choose another --port, or leave it out for a free one")
         if process.poll() is not None or time.monotonic() > deadline:
             stderr.seek(0)
             tail = stderr.read().decode(errors="replace")[-3000:]
@@ -122,6 +140,18 @@ def start_emulator(
             raise RuntimeError(f"emulator on port {port} did not start (exit {process.returncode}):\n{tail}")
         time.sleep(0.05)
     return emulator
+
+
+def _answering_token(app: Callable[..., Any], token: str) -> Callable[..., Any]:
+    """The WSGI app, answering `token` at _TOKEN_PATH: how the parent knows the port is ours."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == _TOKEN_PATH and token:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [token.encode()]
+        return app(environ, start_response)
+
+    return wrapped
 
 
 def _serve_moto(port: int, wrapper: str | None) -> None:
@@ -137,6 +167,7 @@ def _serve_moto(port: int, wrapper: str | None) -> None:
     if wrapper:
         module_name, _, attr = wrapper.partition(":")
         app = getattr(importlib.import_module(module_name), attr)(app)
+    app = _answering_token(app, os.environ.pop(_TOKEN_ENV, ""))
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
     server.serve_forever()
 
@@ -289,10 +320,12 @@ def activate() -> None:
     path = state_file()
     if path.is_file():
         try:
-            url = str(json.loads(path.read_text())["url"])
-        except (OSError, ValueError, KeyError):
-            url = ""
-        if url and _answers(f"{url}/moto-api/"):
+            with StateFolder(path.parent).open(path, "r") as handle:  # ours: no link, no other owner
+                recorded = json.loads(handle.read())
+            url, token = str(recorded["url"]), str(recorded["token"])
+        except (OSError, ValueError, KeyError, TypeError, OrgrunnerError):
+            url, token = "", ""
+        if url and _is_ours(url, token):  # the server there is the one `sandbox serve` started
             print(f"sandbox: using the emulated organization at {url}", file=sys.stderr)
             _point_environment_at(url)
             return
@@ -311,8 +344,8 @@ def serve(port: int = 0) -> None:
     with start_emulator(port) as emulator:
         org = seed_organization(emulator.url)
         path = state_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"url": emulator.url, "pid": os.getpid()}))
+        with StateFolder(path.parent).open(path, "w") as handle:  # 0600: the token is for this user
+            handle.write(json.dumps({"url": emulator.url, "pid": os.getpid(), "token": emulator.token}))
         try:
             print(f"# sandbox organization {org.organization_id}: management account {org.management_account_id}, "
                   f"{len(org.accounts)} members, regions {', '.join(org.regions)}")

@@ -20,7 +20,7 @@ def _emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emul
     with start_emulator(
         wsgi_wrapper="tests.emulator.middleware:wrap", extra_env={"PYTHONPATH": str(REPO_ROOT)}
     ) as process:
-        yield EmulatorClient(process.url, tmp_path_factory.mktemp("aws-home"))
+        yield EmulatorClient(process.url, tmp_path_factory.mktemp("aws-home"), process.token)
 
 
 @pytest.fixture(autouse=True)

@@ -343,3 +343,78 @@ def test_a_fifo_or_device_as_output_path_is_refused_up_front(
         pytest.fail(f"{flag} {kind} hung the run")
     one_line_refusal(result, 2, flag, "not a regular file")
     assert emulator.requests()[mark:] == []
+
+
+# Section 4 (sandbox): the emulator is ours, and runs only its own code.
+
+
+class _Impostor:
+    """Another user's HTTP server on a port: answers everything 200 and remembers what it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.paths: list[str] = []
+        impostor = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                impostor.paths.append(f"{self.command} {self.path}")
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sandbox_serve_never_takes_another_users_server_on_its_port_for_its_emulator(cli: Cli) -> None:
+    impostor = _Impostor()
+    try:
+        result = cli.run("sandbox", "serve", "--port", str(impostor.port), timeout=90)
+    finally:
+        impostor.close()
+    one_line_refusal(result, 2, f"port {impostor.port}", "not this sandbox's emulator")
+    assert "export AWS_ENDPOINT_URL" not in result.stdout
+    assert [p for p in impostor.paths if not p.startswith("GET /_orgrunner/")] == []  # no AWS call sent to it
+
+
+def test_the_sandbox_emulator_does_not_import_from_the_current_folder(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "argparse-ran"
+    (cli.home / "argparse.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                          "raise SystemExit('planted argparse ran')\n")
+    env = {k: v for k, v in cli.env().items() if k != "AWS_ENDPOINT_URL"}
+    result = cli.run("--sandbox", "accounts", env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+
+
+def test_a_stale_sandbox_address_now_answered_by_another_server_is_not_used(cli: Cli) -> None:
+    impostor = _Impostor()
+    folder = cli.home / "state" / "orgrunner"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "sandbox.json").write_text(json.dumps({"url": f"http://127.0.0.1:{impostor.port}", "token": "old"}))
+    (folder / "sandbox.json").chmod(0o600)
+    env = {k: v for k, v in cli.env().items() if k != "AWS_ENDPOINT_URL"}
+    try:
+        result = cli.run("--sandbox", "accounts", env=env, timeout=120)
+    finally:
+        impostor.close()
+    assert result.returncode == 0, result.stderr
+    assert "starting a fresh emulated organization" in result.stderr
+    assert [p for p in impostor.paths if not p.startswith("GET /_orgrunner/")] == []

@@ -37,7 +37,8 @@ def test_version_alone_and_python_dash_m(cli: Cli, emulator: EmulatorClient) -> 
 def test_sandbox_is_accepted_after_the_command_too(cli: Cli, org: SandboxOrg) -> None:
     state = cli.home / "state" / "orgrunner"
     state.mkdir(parents=True)
-    (state / "sandbox.json").write_text(json.dumps({"url": cli.emulator.url}))  # as `sandbox serve` writes it
+    (state / "sandbox.json").write_text(json.dumps({"url": cli.emulator.url, "token": cli.emulator.token}))
+    (state / "sandbox.json").chmod(0o600)  # as `sandbox serve` writes it
     for args in (("--sandbox", "accounts", "--format", "json"), ("accounts", "--format", "json", "--sandbox")):
         result = cli.run(*args)
         assert result.returncode == 0, (args, result.stderr)

@@ -57,8 +57,9 @@ def member_client(emulator_url: str, account_id: str, service: str, region: str 
 class EmulatorClient:
     """Controls the emulator's test middleware (tests/emulator/middleware.py) over HTTP."""
 
-    def __init__(self, url: str, scratch: Path) -> None:
+    def __init__(self, url: str, scratch: Path, token: str = "") -> None:
         self.url = url
+        self.token = token  # what the emulator answers at orgrunner.sandbox._TOKEN_PATH (proves it is ours)
         self.scratch = scratch  # holds the (nonexistent) AWS config and credentials files
 
     def _call(self, method: str, path: str, data: Any = None) -> Any:
