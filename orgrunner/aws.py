@@ -30,6 +30,8 @@ from botocore.exceptions import (
 )
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from orgrunner import environment
+
 USER_AGENT = "orgrunner/0.1"
 HOME_REGION = "us-east-1"  # Organizations, IAM and other global APIs answer here
 RETRYABLE_CODES = frozenset({
@@ -52,21 +54,15 @@ def shared_loader() -> botocore.loaders.Loader:
         return _shared_loader
 
 
-def _env_number(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 def client_config(max_pool_connections: int = 10) -> Config:
     """Standard retry mode (AWS_MAX_ATTEMPTS, default 5 attempts); timeouts from
     ORGRUNNER_CONNECT_TIMEOUT / ORGRUNNER_READ_TIMEOUT (seconds, default 10 / 30)."""
+    env = environment.current()  # parsed and checked once, at start
     return Config(
-        retries={"mode": "standard", "max_attempts": int(_env_number("AWS_MAX_ATTEMPTS", 5))},
+        retries={"mode": "standard", "max_attempts": env.max_attempts},
         max_pool_connections=max_pool_connections,
-        connect_timeout=_env_number("ORGRUNNER_CONNECT_TIMEOUT", 10),
-        read_timeout=_env_number("ORGRUNNER_READ_TIMEOUT", 30),
+        connect_timeout=env.connect_timeout,
+        read_timeout=env.read_timeout,
         user_agent_extra=USER_AGENT,
     )
 
@@ -246,13 +242,10 @@ def _retrying(attempts: int) -> Retrying:
     )
 
 
-RETRY_ATTEMPTS = int(os.environ.get("ORGRUNNER_RETRY_ATTEMPTS", "4"))
-
-
 def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
     """Call one API operation, retrying throttling and transient errors with jittered backoff."""
     method: Callable[..., dict[str, Any]] = getattr(client, operation)
-    return _retrying(RETRY_ATTEMPTS)(method, **params)
+    return _retrying(environment.current().retry_attempts)(method, **params)
 
 
 def paginate(client: Any, operation: str, key: str, **params: Any) -> list[Any]:
@@ -267,7 +260,7 @@ def paginate(client: Any, operation: str, key: str, **params: Any) -> list[Any]:
             items.extend(page[key])
         return items
 
-    return _retrying(RETRY_ATTEMPTS)(collect)
+    return _retrying(environment.current().retry_attempts)(collect)
 
 
 _ACCOUNT_HOST = re.compile(r"^(https?://)\d{12}\.")

@@ -26,7 +26,7 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from orgrunner import __version__, aws, journal
+from orgrunner import __version__, aws, environment, journal
 from orgrunner.accounts import ACCOUNT_ID, Organization, Selection, Selectors, parse_tags
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
@@ -778,6 +778,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        environment.current()  # every variable orgrunner reads, checked once before anything happens
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except click_errors.NoArgsIsHelpError as exc:
@@ -804,7 +805,7 @@ def main() -> None:
         err(f"orgrunner: {describe_error(exc)}")
         sys.exit(EXIT_TARGETS_FAILED)
     except Exception as exc:  # a bug: one line, not a traceback, unless asked for
-        if os.environ.get("ORGRUNNER_DEBUG"):
+        if environment.debug_requested():
             raise
         err(f"orgrunner: internal error: {type(exc).__name__}: {exc} (ORGRUNNER_DEBUG=1 shows the traceback)")
         sys.exit(70)

@@ -110,11 +110,22 @@ def parse(text: str, source: str, model: type[M], context: dict[str, Any] | None
         raise InputError(f"{where}: {path}: {message}{got}{more}") from None
 
 
-def load(path: Path, model: type[M], context: dict[str, Any] | None = None) -> M:
+MAX_BYTES = 1024 * 1024  # a settings or task file is a few KB; /dev/zero or a 22 MB file is refused
+
+
+def read_bounded(path: Path, what: str = "config file", limit: int = MAX_BYTES) -> str:
+    """The file's text, refused (one line) when larger than `limit` bytes: read no further than that."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"{path}: {what} larger than {limit // (1024 * 1024)} MB: refused")
+        return data.decode("utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
+        raise InputError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
-    return parse(text, str(path), model, context)
+
+
+def load(path: Path, model: type[M], context: dict[str, Any] | None = None) -> M:
+    return parse(read_bounded(path), str(path), model, context)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orgrunner import configfile
+from orgrunner import configfile, environment
 from orgrunner.accounts import ACCOUNT_ID, Protection
 from orgrunner.errors import InputError
 
@@ -62,7 +62,7 @@ def state_dir() -> Path:
     """orgrunner's state: audit log, journal, locks. `$ORGRUNNER_STATE_DIR`, else
     `$XDG_STATE_HOME/orgrunner`. Set it to one shared folder (say /var/lib/orgrunner) where cron
     and operators must share the run lock and the journal."""
-    explicit = os.environ.get("ORGRUNNER_STATE_DIR")
+    explicit = environment.current().state_dir
     if explicit:
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -72,7 +72,7 @@ def state_dir() -> Path:
 def config_path(explicit: Path | None) -> Path | None:
     if explicit is not None:
         return explicit
-    env = os.environ.get("ORGRUNNER_CONFIG")
+    env = environment.current().config
     if env:
         return Path(env)
     return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None

@@ -418,3 +418,52 @@ def test_a_stale_sandbox_address_now_answered_by_another_server_is_not_used(cli:
     assert result.returncode == 0, result.stderr
     assert "starting a fresh emulated organization" in result.stderr
     assert [p for p in impostor.paths if not p.startswith("GET /_orgrunner/")] == []
+
+
+# Section 4: every input has bounds.
+
+
+def _limited_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3))  # a bug must not take the machine
+
+
+def run_bounded(cli: Cli, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([orgrunner_command(), *args], env=cli.env(**env), cwd=cli.home, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, preexec_fn=_limited_memory)
+
+
+def test_a_config_file_that_never_ends_is_refused_at_1_mb(cli: Cli, emulator: EmulatorClient) -> None:
+    result = run_bounded(cli, "accounts", ORGRUNNER_CONFIG="/dev/zero")
+    one_line_refusal(result, 2, "/dev/zero", "larger than 1 MB")
+    assert emulator.requests() == []
+
+
+def test_a_huge_settings_file_is_refused_before_parsing(cli: Cli, emulator: EmulatorClient, tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("protected_accounts:\n" + "  - '123456789012'\n" * 120_000)  # about 2 MB
+    result = run_bounded(cli, "accounts", "--config", str(big))
+    one_line_refusal(result, 2, str(big), "larger than 1 MB")
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ORGRUNNER_RETRY_ATTEMPTS", "abc"), ("ORGRUNNER_RETRY_ATTEMPTS", "0"), ("ORGRUNNER_RETRY_ATTEMPTS", "1e9"),
+    ("ORGRUNNER_CONNECT_TIMEOUT", "0"), ("ORGRUNNER_CONNECT_TIMEOUT", "nan"), ("ORGRUNNER_CONNECT_TIMEOUT", "inf"),
+    ("ORGRUNNER_READ_TIMEOUT", "-1"), ("AWS_MAX_ATTEMPTS", "abc"), ("AWS_MAX_ATTEMPTS", "0"),
+    ("ORGRUNNER_DEBUG", "maybe"),
+])
+def test_a_bad_environment_variable_is_one_line_and_exit_2_before_any_aws_call(
+        cli: Cli, emulator: EmulatorClient, name: str, value: str) -> None:
+    result = run_bounded(cli, "accounts", **{name: value})
+    one_line_refusal(result, 2, f"{name}={value!r}", "expected")
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("", False), ("false", False), ("1", True), ("yes", True)])
+def test_orgrunner_debug_0_means_off(cli: Cli, value: str, on: bool) -> None:
+    probe = "from orgrunner import environment; print(environment.current().debug)"
+    result = subprocess.run([str(Path(orgrunner_command()).parent / "python"), "-c", probe], capture_output=True,
+                            text=True, env=cli.env(ORGRUNNER_DEBUG=value), timeout=60)
+    assert result.stdout.strip() == str(on), result.stderr

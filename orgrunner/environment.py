@@ -1,0 +1,99 @@
+"""Every environment variable orgrunner reads, parsed once at start, checked, and kept.
+
+A bad value is one line naming the variable, the value and what is allowed, and exit 2, before
+anything else happens: never a traceback, never a silent default, never a value that only fails
+later with a misleading error (a timeout of `nan` blamed on credentials). Paths (`ORGRUNNER_CONFIG`,
+`ORGRUNNER_STATE_DIR`) are taken as given here and checked where they are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+from orgrunner.errors import InputError
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Environment:
+    retry_attempts: int = 4  # ORGRUNNER_RETRY_ATTEMPTS: orgrunner's own retries of a throttled call
+    max_attempts: int = 5  # AWS_MAX_ATTEMPTS: botocore's attempts per call (standard retry mode)
+    connect_timeout: float = 10.0  # ORGRUNNER_CONNECT_TIMEOUT, seconds
+    read_timeout: float = 30.0  # ORGRUNNER_READ_TIMEOUT, seconds
+    debug: bool = False  # ORGRUNNER_DEBUG: tracebacks for internal errors
+    config: str | None = None  # ORGRUNNER_CONFIG
+    state_dir: str | None = None  # ORGRUNNER_STATE_DIR
+
+
+def _integer(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InputError(f"{name}={raw!r}: expected a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise InputError(f"{name}={raw!r}: expected a whole number from {low} to {high}")
+    return value
+
+
+def _seconds(name: str, default: float, high: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= high:
+        raise InputError(f"{name}={raw!r}: expected a number of seconds above 0 and at most {high:g}")
+    return value
+
+
+def _flag(name: str) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InputError(f"{name}={raw!r}: expected 1 or 0 (or true/false, yes/no, on/off)")
+
+
+def _path(name: str) -> str | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    if "\x00" in raw:
+        raise InputError(f"{name}: a path cannot hold a NUL character")
+    return raw
+
+
+@functools.cache
+def current() -> Environment:
+    """The environment as orgrunner reads it; parsed on the first call (at start, by the CLI)."""
+    return Environment(
+        retry_attempts=_integer("ORGRUNNER_RETRY_ATTEMPTS", 4, 1, 20),
+        max_attempts=_integer("AWS_MAX_ATTEMPTS", 5, 1, 20),
+        connect_timeout=_seconds("ORGRUNNER_CONNECT_TIMEOUT", 10.0, 600),
+        read_timeout=_seconds("ORGRUNNER_READ_TIMEOUT", 30.0, 3600),
+        debug=_flag("ORGRUNNER_DEBUG"),
+        config=_path("ORGRUNNER_CONFIG"),
+        state_dir=_path("ORGRUNNER_STATE_DIR"),
+    )
+
+
+def debug_requested() -> bool:
+    """ORGRUNNER_DEBUG for the last-resort error handler: never raises (a bad value means off)."""
+    try:
+        return current().debug
+    except InputError:
+        return False
