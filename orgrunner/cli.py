@@ -7,6 +7,7 @@ rule; 4 changes pending; 70 an internal error (a bug: please report it); 75 the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,7 +27,8 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from orgrunner import __version__, aws, environment, journal
+from orgrunner import __version__, aws, environment, fence, journal
+from orgrunner import workers as task_workers
 from orgrunner.accounts import ACCOUNT_ID, Organization, Selection, Selectors, parse_tags
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
@@ -39,6 +41,7 @@ from orgrunner.errors import (
     InputError,
     OrgrunnerError,
     SafetyRefusal,
+    TaskLoadError,
     Terminated,
 )
 from orgrunner.escape import visible
@@ -50,8 +53,8 @@ from orgrunner.report import Tally, summarize
 from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
 from orgrunner.statefiles import StateFolder, check_output_path, open_file
-from orgrunner.task import GLOBAL_REGION, Task, configure, load_tasks
-from orgrunner.undo import reversal
+from orgrunner.task import GLOBAL_REGION, TaskSpec
+from orgrunner.workers import Launch, Workers
 
 ROLE_ARN = re.compile(r"\Aarn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}\Z")
 EXIT_MEANING = {
@@ -266,16 +269,33 @@ def accounts(
 @app.command("tasks", epilog=epilog(LOCAL_EXITS, "orgrunner tasks", "orgrunner tasks --tasks-dir mytasks"))
 def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
     """List the registered tasks: name, destructive or not, global or regional, description."""
-    loaded = load_tasks(tasks_dir)
-    for task in loaded.tasks.values():
+    specs, errors = task_workers.list_tasks(Launch(None, tasks_dir, config_dir(None)))
+    for task in specs:
         kind = "destructive" if task.destructive else "by plan"
         scope = "regional" if task.regional else "global"
         print(f"{visible(task.name):<32} {kind:<12} {scope:<9} {visible(task.description)}")
-    if any(not t.destructive for t in loaded.tasks.values()):
+    if any(not t.destructive for t in specs):
         print("(by plan: --arm alone applies changes that only tighten; any change that relaxes security is "
               "destructive and needs the typed confirmation)")
-    for error in loaded.errors:
+    for error in errors:
         err(f"failed to load: {error}")
+
+
+def declaration(task: str, tasks_dir: Path | None) -> TaskSpec:
+    """A task's declaration, loaded in a worker process (this one never imports task code)."""
+    specs, errors = task_workers.list_tasks(Launch(None, tasks_dir, config_dir(None)))
+    return find_declaration(specs, errors, task)
+
+
+def find_declaration(specs: list[TaskSpec], errors: list[str], task: str) -> TaskSpec:
+    for spec in specs:
+        if spec.name == task:
+            return spec
+    broken = [e for e in errors if repr(task) in e]
+    if broken:
+        raise TaskLoadError(broken[0])
+    known = ", ".join(sorted(s.name for s in specs)) or "none"
+    raise InputError(f"unknown task {task!r} (known tasks: {known})")
 
 
 @app.command(epilog=epilog(LOCAL_EXITS, "orgrunner policy strip-default-sg",
@@ -288,7 +308,7 @@ def policy(
     """Print the session policy JSON that AssumeRole will carry for a task's phase."""
     if phase not in ("plan", "apply"):
         raise InputError(f"--phase {phase!r}: expected plan or apply")
-    cls = load_tasks(tasks_dir).get(task)
+    cls = declaration(task, tasks_dir)
     print(json.dumps(session_policy(cls, "apply" if phase == "apply" else "plan"), indent=2))
 
 
@@ -300,14 +320,13 @@ def describe(
     config: ConfigOpt = None,
 ) -> None:
     """Show a task: its documentation, kind, config file and both session policies."""
-    cls = load_tasks(tasks_dir).get(task)
-    module = sys.modules.get(cls.__module__)
+    cls = declaration(task, tasks_dir)
     print(visible(f"{cls.name}: {cls.description}"))
     kind = "destructive" if cls.destructive else "by plan (relaxing changes are destructive)"
     print(f"kind: {kind}, {'regional' if cls.regional else 'global'}")
     if cls.config_file:
         print(visible(f"config file: {config_dir(config) / cls.config_file}"))
-    doc = (module.__doc__ or "").strip() if module else ""
+    doc = cls.doc
     if doc:
         print()
         for line in doc.splitlines():  # the task's docstring: its own lines kept, nothing else obeyed
@@ -385,7 +404,18 @@ class Common:
         print_selection(selection)
         return session, caller, selection
 
-    def execute(self, task: Task) -> None:
+    def execute(self, launch: Launch) -> None:
+        """Load the task in a worker (a broken task or config file stops here, before any AWS
+        call), then run it."""
+        launch = dataclasses.replace(launch, duration=self.settings.session_duration)
+        with self.workers(launch) as workers:
+            self._execute(workers.start(1), workers)
+
+    def workers(self, launch: Launch) -> Workers:
+        return Workers(dataclasses.replace(launch, duration=self.settings.session_duration), self.settings.concurrency,
+                       self.settings.worker_timeout)
+
+    def _execute(self, task: TaskSpec, workers: Workers) -> None:
         session, caller, selection = self.prepare()
         if not selection.targets:
             err("no accounts match the selectors; nothing to do")
@@ -394,7 +424,7 @@ class Common:
                                   "plan": summarize(Tally()), "apply": summarize(Tally()), "failed_targets": []},
                                  indent=2))
             return
-        code = Pipeline(task, self.settings, session, caller, selection, self.selectors, self.regions,
+        code = Pipeline(task, workers, self.settings, session, caller, selection, self.selectors, self.regions,
                         self.options).execute()
         if code:
             raise typer.Exit(code)
@@ -524,8 +554,7 @@ def run(
     shared.options.plan_out = plan_out
     shared.options.fail_on_changes = fail_on_changes
     shared.options.only = only
-    task_cls = load_tasks(tasks_dir).get(task)
-    shared.execute(configure(task_cls, config_dir(config)))
+    shared.execute(Launch(task, tasks_dir, config_dir(config)))
 
 
 @app.command(epilog=epilog(RUN_EXITS, "orgrunner apply plan.json",
@@ -564,8 +593,7 @@ def apply(
                     follow_symlinks=follow_symlinks, command="apply", role_name=saved.role_name,
                     concurrency=concurrency, processes=processes)
     shared.options.expected = saved
-    task_cls = load_tasks(tasks_dir).get(saved.task)
-    shared.execute(configure(task_cls, config_dir(config)))
+    shared.execute(Launch(saved.task, tasks_dir, config_dir(config)))
 
 
 @app.command(epilog=epilog(RUN_EXITS, "orgrunner runs                      # find the run id",
@@ -607,8 +635,7 @@ def undo(
                     allow_long_term=allow_long_term,
                     follow_symlinks=follow_symlinks, command=f"undo {run_id}", role_name=role_name)
     shared.options.lock_name = task_name
-    task_cls = load_tasks(tasks_dir).get(task_name)
-    shared.execute(reversal(configure(task_cls, config_dir(config)), applied))
+    shared.execute(Launch(task_name, tasks_dir, config_dir(config), undo=[c.to_dict() for c in applied]))
 
 
 @app.command(epilog=epilog((0, 1, 2, 3, 70, 75, 130, 143), "orgrunner report",
@@ -671,31 +698,36 @@ def report(
         target_page = confluence.page(url, page_id, confluence.read_token(confluence_token_file), confluence_user)
     elif page_id or confluence_url or confluence_user or confluence_token_file:
         raise InputError("--page-id and the --confluence-* options go with --publish confluence")
-    loaded = load_tasks(tasks_dir)
+    specs, errors = task_workers.list_tasks(Launch(None, tasks_dir, config_dir(config)))
     if tasks:
         names = list(dict.fromkeys(tasks))
         for name in names:
-            loaded.get(name)  # an unknown name is one line, before any AWS call
+            find_declaration(specs, errors, name)  # an unknown name is one line, before any AWS call
     else:
-        names = list(baseline.load(baseline_file or baseline.path_in(config_dir(config)), loaded.tasks).tasks)
+        names = list(baseline.load(baseline_file or baseline.path_in(config_dir(config)),
+                                   {s.name for s in specs}).tasks)
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     shared = common(arm=False, confirm_accounts=None, confirm_protected=None, chosen=chosen, region=region,
                     config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token), output="text",
                     report=None, audit_log=audit_log, wait_for_lock=wait_for_lock, allow_long_term=False,
                     command="report " + ",".join(names), role_name=role_name, concurrency=concurrency,
                     processes=processes)
-    configured = tuple(configure(loaded.get(name), config_dir(config)) for name in names)
-    session, caller, selection = shared.prepare()
-    if not selection.targets:
-        err("no accounts match the selectors; nothing to report")
-        return
-    matrix = compliance.Matrix()
-    shared.options.lock_name = "report"
-    shared.options.survey = configured
-    shared.options.observe = matrix.observe
-    pipeline = Pipeline(configured[0], shared.settings, session, caller, selection, chosen, shared.regions,
-                        shared.options)
-    code = pipeline.execute()
+    with contextlib.ExitStack() as stack:  # each task loaded (and its config checked) in its own workers
+        survey = []
+        for name in names:
+            workers = stack.enter_context(shared.workers(Launch(name, tasks_dir, config_dir(config))))
+            survey.append((workers.start(1), workers))
+        session, caller, selection = shared.prepare()
+        if not selection.targets:
+            err("no accounts match the selectors; nothing to report")
+            return
+        matrix = compliance.Matrix()
+        shared.options.lock_name = "report"
+        shared.options.survey = tuple(survey)
+        shared.options.observe = matrix.observe
+        pipeline = Pipeline(survey[0][0], survey[0][1], shared.settings, session, caller, selection, chosen,
+                            shared.regions, shared.options)
+        code = pipeline.execute()
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         raise typer.Exit(code)
     organization = Organization(session)
@@ -776,6 +808,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    fence.make_undumpable()  # before anything holds a credential
     signal.signal(signal.SIGTERM, _terminate)
     try:
         environment.current()  # every variable orgrunner reads, checked once before anything happens

@@ -29,7 +29,7 @@ from orgrunner.accounts import Account, Organization, Selection
 from orgrunner.audit import scrub
 from orgrunner.escape import visible
 from orgrunner.runner import ALL_REGIONS, TargetResult
-from orgrunner.task import GLOBAL_REGION, Task
+from orgrunner.task import GLOBAL_REGION, TaskSpec
 
 FORMAT = "orgrunner-report/1"
 FORMATS = ("markdown", "html", "csv", "json")
@@ -87,7 +87,7 @@ class Matrix:
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self.regions: dict[str, set[str]] = {}  # account -> regions planned in (enabled ones)
 
-    def observe(self, task: Task, result: TargetResult) -> None:
+    def observe(self, task: TaskSpec, result: TargetResult) -> None:
         target = result.target
         tally = self._tallies.setdefault((target.account_id, task.name), _Tally())
         if target.region not in (GLOBAL_REGION, ALL_REGIONS) and result.error != NOT_ENABLED:

@@ -118,3 +118,10 @@ def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | Non
 def confirm_unguarded(task: str, accounts: set[str]) -> Armed:
     """`--arm` alone: only for plans whose every change merely tightens a setting."""
     return Armed(_KEY, task, accounts)
+
+
+def relayed(task: str, accounts: Iterable[str]) -> Armed:
+    """In a worker process: the parent's confirmation, relayed with the apply work it hands over.
+    The worker holds no other way to write: the parent sends apply-phase credentials only for the
+    accounts its own confirmation covers (orgrunner.workers)."""
+    return Armed(_KEY, task, accounts)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,13 +41,13 @@ from orgrunner.identity import Caller
 from orgrunner.journal import Journal
 from orgrunner.lock import RunLock
 from orgrunner.planfile import SavedPlan, drift
-from orgrunner.policy import phase_actions, render, session_policy
+from orgrunner.policy import render, session_policy
 from orgrunner.report import Reporter, merged
-from orgrunner.runner import Outcome, Runner, TargetResult
+from orgrunner.runner import Outcome, TargetResult
 from orgrunner.settings import Settings, state_dir
-from orgrunner.shards import ShardedPlanner, auto_processes, can_fork
 from orgrunner.statefiles import StateFolder
-from orgrunner.task import Change, Target, Task
+from orgrunner.task import Change, Target, TaskSpec
+from orgrunner.workers import Workers, auto_processes
 
 Mode = Literal["dry-run", "armed"]
 
@@ -85,16 +84,17 @@ class RunOptions:
     command: str = "run"
     # `orgrunner report`: plan each of these tasks in this one run (a dry run), each result handed
     # to `observe`; nothing is applied or saved (see Pipeline._survey)
-    survey: tuple[Task, ...] = ()
-    observe: Callable[[Task, TargetResult], None] | None = None
+    survey: tuple[tuple[TaskSpec, Workers], ...] = ()  # each task's declaration and its workers
+    observe: Callable[[TaskSpec, TargetResult], None] | None = None
     follow_symlinks: bool = False  # --follow-symlinks: output paths may be symbolic links
 
 
 class Pipeline:
-    def __init__(self, task: Task, settings: Settings, session: aws.Session, caller: Caller,
+    def __init__(self, spec: TaskSpec, workers: Workers, settings: Settings, session: aws.Session, caller: Caller,
                  selection: Selection, selectors: Selectors, regions: list[str] | None, options: RunOptions) -> None:
-        self.task = task
-        self.cls = type(task)
+        """`spec` is the task's declaration, as the `workers` (which run its code) loaded it."""
+        self.cls = spec
+        self.workers = workers
         self.settings = settings
         self.session = session
         self.caller = caller
@@ -106,7 +106,7 @@ class Pipeline:
         operator = caller.operator or caller.arn
         self.session_name = session_name(operator, self.cls.name, self.run_id)
         self.source_identity = source_identity(operator)
-        self.stop = threading.Event()
+        self.stop = workers.stop
         self.mode: Mode = "armed" if options.arm else "dry-run"
 
     # --- the run as a whole ------------------------------------------------------------------
@@ -129,7 +129,8 @@ class Pipeline:
                         operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
                         selectors=self.selectors.to_dict(), regions=self.regions, role_name=self.settings.role_name,
                         role_session_name=self.session_name, source_identity=self.source_identity,
-                        targets=[a.id for a in self.selection.targets])
+                        targets=[a.id for a in self.selection.targets], fences=self.workers.fences_line())
+            err(f"fences: {self.workers.fences_line()}")
             err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
                 f"role {self.settings.role_name}")
             status, code = "interrupted", EXIT_INTERRUPTED
@@ -191,10 +192,9 @@ class Pipeline:
             return EXIT_TARGETS_FAILED if plan_failed else EXIT_OK
         armed = self._confirm(plan)
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
-        applier = Runner(self.task, self._assumer("apply"), self.settings.concurrency, self.stop,
-                         on_outcome=self._record, on_intent=self._intent)
         with reporter.progress("apply", sum(1 for c in plan.values() if c)):
-            self._consume(applier, applier.apply(plan, armed), reporter.result)
+            self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
+                          reporter.result)
         reporter.echo(reporter.apply_summary())
         return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
 
@@ -205,10 +205,11 @@ class Pipeline:
         audit = self.reporter.audit
         operator = self.caller.operator or self.caller.arn
         total = Reporter("report", self.run_id, sys.stderr, audit, None)
-        for task in self.options.survey:
+        for spec, workers in self.options.survey:
             if self.stop.is_set():
                 break
-            self.task, self.cls = task, type(task)
+            workers.stop = self.stop  # one interrupt stops the whole report
+            self.cls, self.workers = spec, workers
             self.session_name = session_name(operator, self.cls.name, self.run_id)
             self.reporter = Reporter(self.cls.name, self.run_id, sys.stderr, audit, None)
             self._plan(keep=False, observe=self.options.observe)
@@ -217,54 +218,49 @@ class Pipeline:
         self.reporter = total  # the run's end records the tallies of every task together
         return EXIT_TARGETS_FAILED if total.tallies["plan"].failed else EXIT_OK
 
-    def _plan(self, keep: bool, observe: Callable[[Task, TargetResult], None] | None = None,
+    def _plan(self, keep: bool, observe: Callable[[TaskSpec, TargetResult], None] | None = None,
               ) -> tuple[dict[Target, list[Change]], list[Target]]:
         """Stream the plan; keep the changes only when they will be needed (armed, saved, compared)."""
         plan: dict[Target, list[Change]] = {}
         planned_ok: list[Target] = []
         accounts = self.selection.targets
-        processes = self.settings.processes or auto_processes(len(accounts))
-        planner: Runner | ShardedPlanner
-        if processes > 1 and len(accounts) > 1 and can_fork():
-            planner = ShardedPlanner(lambda workers, stop: Runner(self.task, self._assumer("plan"), workers, stop),
-                                     processes, self.settings.concurrency)
-            aws.load_models({"sts", *(a.split(":", 1)[0] for a in phase_actions(self.cls, "plan"))})
-            planner.start(accounts, self.regions, self.options.only)  # before the progress display's thread
-            err(f"planning in {planner.processes} processes of {planner.workers} workers each")
-        else:
-            planner = Runner(self.task, self._assumer("plan"), self.settings.concurrency, self.stop)
+        processes = max(1, min(self.settings.processes or auto_processes(len(accounts)), len(accounts)))
+        planner = self.workers
+        planner.start(processes)
+        if planner.processes > 1:
+            err(f"planning in {planner.processes} processes of {planner.threads} workers each")
         estimate = len(accounts) * (len(self.regions) if self.regions else 1)
         def take(result: TargetResult) -> None:
             self.reporter.result(result)
             if observe is not None:
-                observe(self.task, result)
+                observe(self.cls, result)
             if keep and result.status == "ok":
                 planned_ok.append(result.target)
                 if result.changes:
                     plan[result.target] = list(result.changes)
 
         with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
-            self._consume(planner, planner.plan(accounts, self.regions, self.options.only), take)
+            self._consume(planner.plan(self._assumer("plan"), accounts, self.regions, self.options.only), take)
         return plan, planned_ok
 
-    @staticmethod
-    def _consume(runner: Runner | ShardedPlanner, results: Iterator[TargetResult],
-                 take: Callable[[TargetResult], None]) -> None:
+    def _consume(self, results: Iterator[TargetResult], take: Callable[[TargetResult], None]) -> None:
         """Hand every result to `take`; an interrupt landing anywhere (even while a result is being
         printed) stops new work and still hands over what the jobs in flight completed."""
         try:
             for result in results:
                 take(result)
         except KeyboardInterrupt:
-            for result in runner.finish():
+            for result in self.workers.finish():
                 take(result)
             raise
 
     def _intent(self, target: Target, change: Change) -> None:
+        """Called (from the thread reading a worker) before the worker may apply `change`; it
+        applies only once this returned: the intent is durable (written and fsynced)."""
         self.journal.record("applying", change)
 
     def _record(self, target: Target, outcome: Outcome) -> None:
-        """Called from the worker the moment a change was applied (or failed)."""
+        """Called (from the thread reading a worker) the moment a change was applied (or failed)."""
         self.journal.record(outcome.status, outcome.change, outcome.error)
         self.reporter.applied({"account": target.account_id, "region": target.region, "status": outcome.status,
                                "error": outcome.error, "change": outcome.change.to_dict()})

@@ -17,7 +17,7 @@ from orgrunner import iamdata
 from orgrunner.errors import TaskLoadError
 
 if TYPE_CHECKING:
-    from orgrunner.task import Phase, Task
+    from orgrunner.task import Phase, Task, TaskSpec
 
 # AWS limit on the plaintext of AssumeRole's inline `Policy` (characters, whitespace excluded by
 # our compact rendering). The packed binary form has its own limit; keeping the plaintext well
@@ -39,7 +39,7 @@ def required_actions(service_name: str, signing_name: str, operation: str) -> tu
     return iamdata.required_actions(service_name, signing_name, operation)
 
 
-def phase_actions(task: type[Task], phase: Phase) -> tuple[str, ...]:
+def phase_actions(task: type[Task] | TaskSpec, phase: Phase) -> tuple[str, ...]:
     """Every action the session of `phase` may use, with the dependent actions AWS requires of
     them (Service Authorization Reference), sorted and without repeats."""
     actions = set(task.plan_actions)
@@ -50,7 +50,7 @@ def phase_actions(task: type[Task], phase: Phase) -> tuple[str, ...]:
     return tuple(sorted(iamdata.with_dependents(actions)))
 
 
-def session_policy(task: type[Task], phase: Phase) -> dict[str, Any]:
+def session_policy(task: type[Task] | TaskSpec, phase: Phase) -> dict[str, Any]:
     """The session policy document for one phase of a task."""
     return {
         "Version": "2012-10-17",
@@ -70,10 +70,10 @@ def render(policy: dict[str, Any]) -> str:
     return json.dumps(policy, separators=(",", ":"))
 
 
-def check_declaration(task: type[Task]) -> None:
+def check_declaration(task: type[Task] | TaskSpec) -> None:
     """Refuse a task whose declaration is incomplete, unsafe or whose policy is too large."""
     name = getattr(task, "name", None)
-    label = repr(name) if name else task.__qualname__
+    label = repr(name) if name else getattr(task, "__qualname__", "?")
     from orgrunner.task import TASK_NAME
 
     if not isinstance(name, str) or not TASK_NAME.match(name):

@@ -1,11 +1,9 @@
-"""The parallel engine: a bounded thread pool over account x region targets.
+"""The per-target engine: a bounded thread pool running a task's plan and apply over targets.
 
-Per account, one job assumes the role (once, cached) and resolves the enabled regions; it then
-fans out one job per region into the same pool, so a slow account never holds workers idle.
-Account jobs are fed through a window (as many unfinished as there are workers), so the queue
-holds at most window x regions jobs whatever the size of the organization.
-Results are yielded to the caller's thread as they complete: streamed, never accumulated here.
-The engine knows nothing about any particular task.
+It runs in a task worker process (orgrunner.worker): the parent process resolves accounts,
+regions and credentials and hands each worker one account's targets at a time
+(orgrunner.workers). Results are put on the pool's queue as they complete: streamed, never
+accumulated here. The engine knows nothing about any particular task.
 """
 
 from __future__ import annotations
@@ -16,23 +14,25 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import botocore.credentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from orgrunner import aws
-from orgrunner.accounts import Account
 from orgrunner.audit import scrub
 from orgrunner.confirm import Armed
-from orgrunner.credentials import RoleAssumer
 from orgrunner.errors import OrgrunnerError
 from orgrunner.guard import CallGuard, install_shared
-from orgrunner.policy import ENGINE_REGIONAL_ACTIONS, phase_actions
+from orgrunner.policy import phase_actions
 from orgrunner.task import GLOBAL_REGION, ApplyContext, Change, Drift, Phase, Skip, Target, Task, TaskContext
 
 Status = Literal["ok", "failed", "skipped"]
 ALL_REGIONS = "*"
+STATUSES = ("ok", "failed", "skipped")
+NOT_STARTED = "interrupted before start"
+OUTCOMES = ("applied", "already done", "drifted", "failed")
 
 
 @dataclass(frozen=True)
@@ -94,49 +94,16 @@ def _notes(ctx: TaskContext) -> tuple[str, ...]:
 
 @dataclass
 class _Pool:
-    """A thread pool whose jobs may submit more jobs, with results drained on the caller's thread."""
+    """A thread pool whose jobs put their results on a queue (a worker's sender thread sends them on)."""
 
     workers: int
     stop: threading.Event
     results: queue.Queue[TargetResult] = field(default_factory=queue.Queue)
     _pending: set[Future[None]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _feed: Iterator[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
-    _window: int = 0
-    _fed: int = 0  # jobs from the feed started and not yet finished
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="orgrunner")
-
-    def feed(self, jobs: Iterator[tuple[Callable[..., None], tuple[Any, ...]]], window: int) -> None:
-        """Run `jobs` with at most `window` of them unfinished at a time: the next is taken from
-        the iterator only when one finishes, so the queue (and memory) stays bounded however long
-        the iterator is."""
-        self._feed, self._window = jobs, window
-        self._top_up()
-
-    def _top_up(self) -> None:
-        while True:
-            with self._lock:
-                if self._feed is None or self._fed >= self._window or self.stop.is_set():
-                    return
-                job = next(self._feed, None)
-                if job is None:
-                    self._feed = None
-                    return
-                self._fed += 1
-            if not self.submit(self._fed_job, *job):  # stopping: dropped, as queued jobs are cancelled
-                with self._lock:
-                    self._fed -= 1
-                return
-
-    def _fed_job(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        try:
-            fn(*args)
-        finally:
-            with self._lock:
-                self._fed -= 1
-            self._top_up()  # before this job's future completes, so the pool never looks idle early
 
     def submit(self, fn: Callable[..., None], *args: Any) -> bool:
         """Schedule a job; False once the pool is stopping (nothing new starts after an interrupt)."""
@@ -160,67 +127,39 @@ class _Pool:
             self.results.put(TargetResult(Target("?", "?"), "plan", "failed",
                                           error=describe_error(future.exception())))  # type: ignore[arg-type]
 
-    def drain(self) -> Iterator[TargetResult]:
-        """Yield results as they arrive until every job is done. On an interrupt (Ctrl-C, SIGTERM):
-        start nothing new, let the jobs in flight finish, yield what they produced, re-raise."""
-        finished = False
-        try:
-            while True:
-                try:
-                    yield self.results.get(timeout=0.05)
-                    continue
-                except queue.Empty:
-                    pass
-                with self._lock:
-                    idle = not self._pending and (self._feed is None or self.stop.is_set())
-                if idle and self.results.empty():
-                    finished = True
-                    return
-        except KeyboardInterrupt:
-            yield from self.finish()
-            raise
-        finally:
-            if not finished:  # the consumer stopped early: stop scheduling new targets
-                self.stop.set()
-            self._executor.shutdown(wait=True, cancel_futures=True)
+class CredentialSource(Protocol):
+    """Where a runner gets an account's credentials: in a worker process, those the parent sent."""
 
-    def finish(self) -> Iterator[TargetResult]:
-        """Stop: start nothing new, wait for the jobs in flight, and yield what they produced."""
-        self.stop.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        while not self.results.empty():
-            yield self.results.get_nowait()
+    def credentials(self, account_id: str) -> botocore.credentials.Credentials: ...
+
+    def forget(self, account_id: str) -> None: ...
 
 
 class Runner:
-    def __init__(self, task: Task, assumer: RoleAssumer, concurrency: int,
+    """Runs a task's plan and apply for the targets handed to it; in a worker process (the parent
+    resolves accounts, regions and credentials: orgrunner.workers)."""
+
+    def __init__(self, task: Task, assumer: CredentialSource, concurrency: int,
                  stop: threading.Event | None = None,
                  on_outcome: Callable[[Target, Outcome], None] | None = None,
                  on_intent: Callable[[Target, Change], None] | None = None) -> None:
-        """`on_intent` is called from the worker just before each change is applied, `on_outcome`
-        the moment it was applied (or failed): a journal written from them holds every change AWS
-        may have applied, even if the process dies between the call and the record."""
+        """`on_intent` is called from the job just before each change is applied, and the change is
+        applied only if it returns (the intent is durable); `on_outcome` the moment it was applied
+        (or failed): a journal written from them holds every change AWS may have applied, even if a
+        process dies between the call and the record."""
         self.task = task
         self.on_outcome = on_outcome
         self.on_intent = on_intent
-        self._pool: _Pool | None = None
         # One session signing as the current job's account, one guarded client per service and
         # region, shared by every job (see aws.AccountCredentials).
-        self._session = aws.Session.from_credentials(aws.AccountCredentials(),
-                                                     aws.client_config(max_pool_connections=concurrency))
+        self.session = aws.Session.from_credentials(aws.AccountCredentials(),
+                                                    aws.client_config(max_pool_connections=concurrency))
         self._shared: dict[tuple[str, str], Any] = {}
-        self._engine_guard = CallGuard("orgrunner", "plan", ENGINE_REGIONAL_ACTIONS)
-        self._open: dict[str, int] = {}  # plan: targets of each account not yet done
+        self._open: dict[str, int] = {}  # targets of each account not yet done
         self.assumer = assumer
         self.concurrency = concurrency
         self.stop = stop or threading.Event()
-        self.discovered = 0  # targets known so far (accounts expand into regions as they go)
         self._lock = threading.Lock()
-
-    def finish(self) -> Iterator[TargetResult]:
-        """After an interrupt outside the result loop: stop, and yield what the jobs in flight produced."""
-        if self._pool is not None:
-            yield from self._pool.finish()
 
     # --- plumbing shared by both phases ----------------------------------------------------
 
@@ -231,7 +170,7 @@ class Runner:
             with self._lock:
                 client = self._shared.get(key)
                 if client is None:
-                    client = self._shared[key] = install_shared(self._session.client(service, region))
+                    client = self._shared[key] = install_shared(self.session.client(service, region))
         return client
 
     def _clients(self, target: Target, phase: Phase) -> tuple[Callable[[str, Phase], Any], CallGuard]:
@@ -249,56 +188,36 @@ class Runner:
         with aws.acting_for(lambda: self.assumer.credentials(account_id)), guard.active():
             yield
 
-    def _regions(self, account: Account, wanted: list[str] | None) -> tuple[list[str], list[str]]:
-        """(regions to cover, requested regions not enabled in the account)."""
-        if not type(self.task).regional:
-            return [GLOBAL_REGION], []
-        ec2 = self._client("ec2", aws.HOME_REGION)
-        with self._job(account.id, self._engine_guard):
-            described = aws.call(ec2, "describe_regions")["Regions"]
-        enabled = sorted(r["RegionName"] for r in described if r.get("OptInStatus") != "not-opted-in")
-        if wanted is None:
-            return enabled, []
-        return [r for r in wanted if r in enabled], [r for r in wanted if r not in enabled]
+    def _opened(self, account_id: str, targets: int) -> None:
+        with self._lock:
+            self._open[account_id] = self._open.get(account_id, 0) + targets
+
+    def _close(self, account_id: str) -> None:
+        """One target of the account is done; after its last, drop its credentials, so memory
+        does not grow with the number of accounts a run has covered."""
+        with self._lock:
+            left = self._open.get(account_id, 1) - 1
+            if left > 0:
+                self._open[account_id] = left
+                return
+            self._open.pop(account_id, None)
+        self.assumer.forget(account_id)
 
     # --- plan --------------------------------------------------------------------------------
 
-    def plan(self, accounts: list[Account], regions: list[str] | None,
-             only: dict[str, list[str] | None] | None = None) -> Iterator[TargetResult]:
-        """Plan every account x region; `only` narrows some accounts to their own regions (None: all
-        enabled), as `--retry-failed` does for exactly the targets that failed before."""
-        pool = self._pool = _Pool(self.concurrency, self.stop)
-        self.discovered = len(accounts) * (len(regions) if regions else 1)
-        # after an interrupt, accounts not reached yet are left quietly, as queued jobs are cancelled
-        pool.feed(((self._plan_account, (pool, account, only.get(account.id, regions) if only is not None else regions))
-                   for account in accounts), window=self.concurrency)
-        yield from pool.drain()
-
-    def _plan_account(self, pool: _Pool, account: Account, wanted: list[str] | None) -> None:
-        if self.stop.is_set():  # queued before an interrupt: left quietly, like a cancelled job
+    def plan_targets(self, pool: _Pool, targets: list[Target]) -> None:
+        """Plan these targets (one account's regions) in the pool; every one yields one result."""
+        if not targets:
             return
-        try:
-            regions, disabled = self._regions(account, wanted)
-        except Exception as exc:
-            for region in wanted or [ALL_REGIONS]:
-                pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "failed",
-                                              error=describe_error(exc)))
-            return
-        with self._lock:
-            self.discovered += len(regions) + len(disabled) - (len(wanted) if wanted else 1)
-            self._open[account.id] = len(regions)
-        if not regions:
-            self._close(account.id)
-        for region in disabled:
-            pool.results.put(TargetResult(Target(account.id, region, account.name), "plan", "skipped",
-                                          error="region not enabled in this account"))
-        for region in regions:
-            target = Target(account.id, region, account.name)
+        self._opened(targets[0].account_id, len(targets))
+        for target in targets:
             if not pool.submit(self._plan_target, pool, target):
-                pool.results.put(TargetResult(target, "plan", "skipped", error="interrupted before start"))
+                pool.results.put(TargetResult(target, "plan", "skipped", error=NOT_STARTED))
+                self._close(target.account_id)
 
     def _plan_target(self, pool: _Pool, target: Target) -> None:
-        if self.stop.is_set():  # queued before an interrupt: left quietly, like a cancelled job
+        if self.stop.is_set():  # queued before an interrupt
+            pool.results.put(TargetResult(target, "plan", "skipped", error=NOT_STARTED))
             self._close(target.account_id)
             return
         clients, guard = self._clients(target, "plan")
@@ -315,41 +234,42 @@ class Runner:
         pool.results.put(result)
         self._close(target.account_id)
 
-    def _close(self, account_id: str) -> None:
-        """One target of the account is done; after its last, drop its credentials, so memory
-        does not grow with the number of accounts a run has covered."""
-        with self._lock:
-            left = self._open.get(account_id, 1) - 1
-            if left > 0:
-                self._open[account_id] = left
-                return
-            self._open.pop(account_id, None)
-        self.assumer.forget(account_id)
-
     # --- apply -------------------------------------------------------------------------------
 
-    def apply(self, plan: dict[Target, list[Change]], armed: Armed) -> Iterator[TargetResult]:
-        """Apply exactly the planned changes of the confirmed accounts, one job per target."""
-        pool = self._pool = _Pool(self.concurrency, self.stop)
-        for target, changes in sorted(plan.items()):
-            if changes and armed.covers(target.account_id):
-                pool.submit(self._apply_target, pool, target, changes, armed)
-        yield from pool.drain()
+    def apply_targets(self, pool: _Pool, work: list[tuple[Target, list[Change]]], armed: Armed) -> None:
+        """Apply exactly these planned changes (one account's targets), one job per target."""
+        if not work:
+            return
+        self._opened(work[0][0].account_id, len(work))
+        for target, changes in work:
+            if not pool.submit(self._apply_target, pool, target, changes, armed):
+                pool.results.put(TargetResult(target, "apply", "skipped", changes=tuple(changes), error=NOT_STARTED))
+                self._close(target.account_id)
 
     def _apply_target(self, pool: _Pool, target: Target, changes: list[Change], armed: Armed) -> None:
+        try:
+            pool.results.put(self._apply_changes(target, changes, armed))
+        finally:
+            self._close(target.account_id)
+
+    def _apply_changes(self, target: Target, changes: list[Change], armed: Armed) -> TargetResult:
+        if self.stop.is_set():  # queued before an interrupt: nothing of it was attempted
+            return TargetResult(target, "apply", "skipped", changes=tuple(changes), error=NOT_STARTED)
         outcomes: list[Outcome] = []
         clients, guard = self._clients(target, "apply")
         try:
             ctx = ApplyContext(self.task, target, clients, armed)
         except Exception as exc:
-            pool.results.put(TargetResult(target, "apply", "failed", changes=tuple(changes),
-                                          error=describe_error(exc)))
-            return
+            return TargetResult(target, "apply", "failed", changes=tuple(changes), error=describe_error(exc))
         for change in changes:
             if self.stop.is_set():
                 break
-            if self.on_intent is not None:
-                self.on_intent(target, change)
+            try:
+                if self.on_intent is not None:
+                    self.on_intent(target, change)
+            except Exception as exc:  # not recorded as intended: not applied, and nothing after it
+                return TargetResult(target, "apply", "failed", changes=tuple(changes), outcomes=tuple(outcomes),
+                                    error=f"not applied: {change.summary}: {describe_error(exc)}")
             try:
                 ctx.applied = None
                 with self._job(target.account_id, guard):
@@ -362,10 +282,14 @@ class Runner:
             except Exception as exc:
                 outcome = Outcome(change, "failed", describe_error(exc))
             outcomes.append(outcome)
-            if self.on_outcome is not None:
-                self.on_outcome(target, outcome)
+            try:
+                if self.on_outcome is not None:
+                    self.on_outcome(target, outcome)
+            except Exception as exc:  # AWS may have applied it: say which, and attempt nothing more
+                return TargetResult(target, "apply", "failed", changes=tuple(changes), outcomes=tuple(outcomes),
+                                    error=f"{outcome.status} but not recorded: {change.summary}: "
+                                          f"{describe_error(exc)}")
         failed = [o for o in outcomes if o.status in ("failed", "drifted")]
         verdict: Status = "failed" if failed or len(outcomes) < len(changes) else "ok"
         error = failed[0].error if failed else (None if verdict == "ok" else "interrupted")
-        pool.results.put(TargetResult(target, "apply", verdict, changes=tuple(changes),
-                                      outcomes=tuple(outcomes), error=error))
+        return TargetResult(target, "apply", verdict, changes=tuple(changes), outcomes=tuple(outcomes), error=error)

@@ -39,8 +39,11 @@ class Settings(BaseModel):
     role_name: str = Field("OrganizationAccountAccessRole", pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")
     concurrency: int = Field(16, ge=1, le=256)
     processes: int | None = Field(None, ge=1, le=64,
-                                  description="worker processes of the plan phase; unset: one per CPU (at most 4), "
-                                              "each with 50 accounts or more, on Linux")
+                                  description="task worker processes; unset: one per CPU (at most 4), "
+                                              "each with 50 accounts or more")
+    worker_timeout: float = Field(300, gt=0, le=86400,
+                                  description="seconds a task worker may hold targets without progress (no AWS "
+                                              "answer, no result) before it is ended and its targets failed")
     session_duration: int = Field(3600, ge=900, le=43200, description="AssumeRole DurationSeconds")
     external_id: str | None = None
     audit_log: Path | None = None

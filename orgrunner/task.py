@@ -168,8 +168,8 @@ class ApplyContext(TaskContext):
     def __init__(self, task: Task, target: Target, clients: Callable[[str, Phase], Any], armed: Any) -> None:
         from orgrunner.confirm import Armed
 
-        if not isinstance(armed, Armed) or not armed.covers(target.account_id):
-            raise TypeError("an apply context needs the Armed value of a confirmation covering its account")
+        if not isinstance(armed, Armed) or not armed.covers(target.account_id) or armed.task != task.name:
+            raise TypeError("an apply context needs the Armed value of a confirmation covering its task and account")
         super().__init__(task, target, clients)
         self.armed = armed
         self.applied: Change | None = None
@@ -299,3 +299,69 @@ def load_tasks(tasks_dir: Path | None = None) -> LoadedTasks:
         except Exception as exc:  # a broken third-party module must not hide the others
             errors.append(f"{source}: failed to import: {type(exc).__name__}: {exc}")
     return LoadedTasks(tasks=dict(sorted(_REGISTRY.items())), errors=errors)
+
+
+# --- declarations as data ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's declaration as data: what a worker process tells the parent about a task it loaded.
+    The parent never imports task code; it builds session policies, confirmations and records from
+    this, after checking it as it checks a task class (`policy.check_declaration`)."""
+
+    name: str
+    description: str
+    destructive: bool
+    regional: bool
+    version: str
+    plan_actions: tuple[str, ...]
+    apply_actions: tuple[str, ...]
+    undo_actions: tuple[str, ...] = ()
+    config_file: str | None = None
+    doc: str = ""
+    module: str = ""
+    undoable: bool = False
+
+    @classmethod
+    def of(cls, task: type[Task]) -> TaskSpec:
+        module = sys.modules.get(task.__module__)
+        return cls(
+            name=task.name, description=task.description, destructive=bool(task.destructive),
+            regional=bool(task.regional), version=str(task.version), plan_actions=tuple(task.plan_actions),
+            apply_actions=tuple(task.apply_actions), undo_actions=tuple(task.undo_actions),
+            config_file=task.config_file, doc=((module.__doc__ or "") if module else "").strip(),
+            module=task.__module__, undoable=bool(task.undo_actions) and task.plan_undo is not Task.plan_undo,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TaskSpec:
+        """A declaration sent by a worker: every field checked for its type, then the declaration
+        itself as `register` checks a class. Raises ValueError."""
+        from orgrunner.policy import check_declaration
+
+        if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
+            raise ValueError("not a task declaration")
+        text = ("name", "description", "version", "doc", "module")
+        flags = ("destructive", "regional", "undoable")
+        lists = ("plan_actions", "apply_actions", "undo_actions")
+        if not all(isinstance(data[k], str) for k in text) or not all(isinstance(data[k], bool) for k in flags) \
+                or not all(isinstance(data[k], list) and all(isinstance(a, str) for a in data[k]) for k in lists) \
+                or not (data["config_file"] is None or isinstance(data["config_file"], str)):
+            raise ValueError("a task declaration with a field of the wrong type")
+        spec = cls(**{**data, **{k: tuple(data[k]) for k in lists}})
+        check_declaration(spec)
+        config = Path(spec.config_file) if spec.config_file is not None else None
+        if config is not None and (config.is_absolute() or ".." in config.parts):
+            raise ValueError(f"task {spec.name!r}: config_file must be a file name under the config folder")
+        return spec
+
+
+def builtin_package_paths() -> list[Path]:
+    """Where the built-in tasks live, found without importing them (a worker must be able to read it)."""
+    spec = importlib.util.find_spec(BUILTIN_TASKS)
+    if spec is None or spec.submodule_search_locations is None:
+        return []
+    return [Path(p) for p in spec.submodule_search_locations]

@@ -1,7 +1,7 @@
-"""The plan phase over worker processes (`--processes N`): the same plan as one process, one
-AssumeRole per account, nothing written; interrupts stop every worker and keep what they completed;
-a worker that dies fails exactly the accounts it had not reported, and `--retry-failed` covers them;
-workers do not outlive a killed orgrunner.
+"""Task workers (`--processes N`): the same plan as one process, one AssumeRole per account (made
+by the parent), nothing written; interrupts stop every worker and keep what they completed; a
+worker that dies or hangs fails exactly the targets it had not reported, by name, and
+`--retry-failed` covers them; workers do not outlive a killed orgrunner.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.test_faults_interrupt import REGION_ARGS, TOTAL, output, records, sta
 from tests.test_run_dry import assume_calls, new_requests, snapshot, writes
 
 TASK = "strip-default-sg"
+BROKEN_TASKS = Path(__file__).resolve().parent / "broken_tasks"
 
 
 def planned(cli: Cli, name: str, *args: str) -> dict[tuple[str, str], list[dict[str, object]]]:
@@ -113,19 +114,20 @@ def test_sigterm_stops_every_worker_and_keeps_what_they_completed(
     assert end and end[-1]["status"] == "interrupted"
 
 
-def test_a_worker_that_dies_fails_its_unreported_accounts_and_retry_failed_covers_them(
+def test_a_worker_that_dies_fails_its_unreported_targets_and_retry_failed_covers_them(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
-    process, report, children = slow_sharded_plan(cli, emulator, 150, planned_first=0)
+    process, report, children = slow_sharded_plan(cli, emulator, 150, planned_first=1)  # each holds an account
     children[0].kill()  # as the out-of-memory killer would
     code = process.wait(120)
     stdout, stderr = output(cli)
     assert code == 1, stderr[-2000:]
     assert "Traceback" not in stdout + stderr
     lost = [r for r in records(report) if r["status"] == "failed"]
-    assert lost and all("ended (killed by signal 9) before planning this account" in r["error"] for r in lost)
-    assert all(r["region"] == "*" for r in lost)
-    # every account is in the report: planned, or failed by name
-    assert {r["account"] for r in records(report)} == set(org.accounts.values())
+    assert lost and all("ended (killed by signal 9) before planning this target" in r["error"] for r in lost)
+    # every account x region ends with exactly one result: planned, or failed by name
+    reported = [(r["account"], r["region"]) for r in records(report)]
+    assert len(reported) == len(set(reported)) == TOTAL
+    assert {a for a, _ in reported} == set(org.accounts.values())
 
     emulator.set_latency(0)
     mark = len(emulator.requests())
@@ -133,6 +135,30 @@ def test_a_worker_that_dies_fails_its_unreported_accounts_and_retry_failed_cover
     assert again.returncode == 0, again.stderr[-2000:]
     retried = {c["target_account"] for c in assume_calls(new_requests(emulator, mark))}
     assert retried == {r["account"] for r in lost}
+
+
+
+def test_a_worker_that_hangs_is_ended_and_fails_exactly_its_unreported_targets(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    """A task that never returns from plan in eu-west-1: the worker stops making progress, is ended
+    after `worker_timeout` (SIGTERM, then SIGKILL), and every target it had not reported fails by
+    name; the run ends with each account x region reported once."""
+    config = cli.home / "orgrunner.yaml"
+    config.write_text("worker_timeout: 2\n")
+    report = cli.home / "plan.jsonl"
+    result = cli.run("run", "hangs-in-plan", *REGION_ARGS, "--tasks-dir", str(BROKEN_TASKS), "--config", str(config),
+                     "--processes", "1", "--concurrency", "2", "--report", str(report))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    reported = records(report)
+    keys = [(r["account"], r["region"]) for r in reported]
+    assert len(keys) == len(set(keys)) == TOTAL
+    failed = [r for r in reported if r["status"] == "failed"]
+    assert {r["account"] for r in failed if r["region"] == "eu-west-1"} == set(org.accounts.values())
+    assert all("made no progress for 2 s; ended" in r["error"] or "no worker process left" in r["error"]
+               for r in failed), failed
+    assert any("made no progress" in r["error"] for r in failed)
+    assert all(r["status"] == "ok" for r in reported if r not in failed)
 
 
 def test_workers_do_not_outlive_a_killed_orgrunner(cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:

@@ -51,7 +51,7 @@ import psutil
 from botocore.config import Config
 
 from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, Emulator, sandbox_environment, start_emulator
-from orgrunner.shards import MAX_AUTO_PROCESSES
+from orgrunner.workers import MAX_AUTO_PROCESSES
 from tests.benchmarks import whatif
 
 REPO = Path(__file__).resolve().parents[2]

@@ -106,16 +106,16 @@ def noted_rules(notes: list[str] | tuple[str, ...]) -> int:
 
 
 def orgrunner_api(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
-    """orgrunner's engine through its Python API (Organization -> RoleAssumer -> Runner), without
+    """orgrunner's engine through its Python API (Organization -> RoleAssumer -> Workers), without
     the CLI's report, audit log and terminal output."""
     from orgrunner.accounts import Organization, Selectors
     from orgrunner.credentials import RoleAssumer, RoleRequest
     from orgrunner.identity import base_session
     from orgrunner.policy import render, session_policy
-    from orgrunner.runner import Runner
-    from orgrunner.task import load_tasks
+    from orgrunner.workers import Launch, Workers, auto_processes
 
-    cls = load_tasks(TASKS_DIR).get(TASK)
+    workers = Workers(Launch(TASK, TASKS_DIR, Path(spec["scratch"])), spec["workers"], 300)
+    cls = workers.start(1)
     clock.start()
     session, _ = base_session(None)
     selection = Organization(session).select(Selectors())
@@ -124,11 +124,13 @@ def orgrunner_api(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     statuses: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     rules = 0
-    for result in Runner(cls(), assumer, spec["workers"]).plan(selection.targets, spec["regions"]):
-        statuses[result.status] += 1
-        rules += noted_rules(result.notes)
-        if result.error:
-            errors[result.error[:160]] += 1
+    workers.start(auto_processes(len(selection.targets)))
+    with workers:
+        for result in workers.plan(assumer, selection.targets, spec["regions"]):
+            statuses[result.status] += 1
+            rules += noted_rules(result.notes)
+            if result.error:
+                errors[result.error[:160]] += 1
     clock.stop()
     return {"ok": statuses["ok"], "failed": statuses["failed"], "skipped": statuses["skipped"],
             "rules": rules, "exit": 0, "errors": errors.most_common(3),
