@@ -3,6 +3,7 @@ faults, latency and session-policy enforcement, all through boto3 against the ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -122,6 +123,7 @@ def test_requests_are_recorded_with_assume_role_parameters_and_no_secrets(emulat
         "account": account_id,
         "region": "eu-west-1",
         "access_key_id": credentials["aws_access_key_id"][:4] + "...",
+        "access_key_sha256": hashlib.sha256(credentials["aws_access_key_id"].encode()).hexdigest()[:16],
         "session": "alice-task",
         "status": 200,
     }

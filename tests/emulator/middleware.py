@@ -7,6 +7,7 @@ over HTTP under ``/_emulator/`` (see `EmulatorMiddleware._control`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -374,6 +375,8 @@ class EmulatorMiddleware:
             "account": session.account if session else DEFAULT_ACCOUNT,
             "region": request.region,
             "access_key_id": request.access_key_id[:4] + "...",
+            # who signed, without the key id itself: tests/test_safety_workers.py tells the operator's requests apart
+            "access_key_sha256": hashlib.sha256(request.access_key_id.encode()).hexdigest()[:16],
             "session": session.session_name if session else None,
             "status": status,
         }
