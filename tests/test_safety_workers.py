@@ -35,6 +35,7 @@ from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_faults_interrupt import records
+from tests.test_run_dry import new_requests, snapshot, writes
 
 BROKEN_TASKS = Path(__file__).resolve().parent / "broken_tasks"
 OPERATOR_KEY = SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"]
@@ -166,3 +167,28 @@ def test_with_the_fences_off_the_same_task_gets_the_operator_key(
     got = " ".join(line for line in lines if " GOT " in line)
     assert sha(OPERATOR_SECRET) in got and sha(IMDS_SECRET) in got
     assert {r["operation"] for r in signed} - ENGINE_OPERATIONS, "the task's own calls were signed by the operator"
+
+
+def test_a_change_whose_intent_the_parent_cannot_make_durable_is_not_applied(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    """The worker announces each change and waits: with a file where the journal folder goes (a
+    real ENOTDIR), the parent cannot record the intent, says no, and the worker never calls AWS;
+    the target fails with the reason and the run exits 1."""
+    state = cli.home / "state" / "orgrunner"
+    state.mkdir(parents=True, mode=0o700)
+    (state / "journal").write_text("")
+    account = org.accounts["dev-app-1"]
+    before = snapshot(emulator.url, [account], ("us-east-1",))
+    mark = len(emulator.requests())
+    report = cli.home / "armed.jsonl"
+    result = cli.run("run", "strip-default-sg", "--arm", "--account", account, "--region", "us-east-1",
+                     "--confirm-accounts", account, "--report", str(report))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert writes(new_requests(emulator, mark)) == []
+    assert snapshot(emulator.url, [account], ("us-east-1",)) == before
+    applied = [r for r in records(report) if r["phase"] == "apply"]
+    assert [r["status"] for r in applied] == ["failed"]
+    assert "not applied" in applied[0]["error"] and "journal" in applied[0]["error"], applied[0]["error"]
+    end = [e for e in cli.audit() if e["event"] == "run-end"]
+    assert end and end[-1]["status"] == "failed"
