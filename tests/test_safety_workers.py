@@ -192,3 +192,19 @@ def test_a_change_whose_intent_the_parent_cannot_make_durable_is_not_applied(
     assert "not applied" in applied[0]["error"] and "journal" in applied[0]["error"], applied[0]["error"]
     end = [e for e in cli.audit() if e["event"] == "run-end"]
     assert end and end[-1]["status"] == "failed"
+
+
+def test_tasks_describe_and_policy_never_import_task_code_where_the_credentials_are(
+        cli: Cli, emulator: EmulatorClient, hostile_python: Path) -> None:
+    """These commands read declarations from a worker: the hostile modules' import-time clients
+    find nothing to sign with, so the emulator sees no request signed with the operator's key."""
+    mark = len(emulator.requests())
+    for command, shown in ((("tasks",), "steals-credentials"),
+                           (("describe", "steals-credentials"), "steals-credentials"),
+                           (("policy", "steals-credentials"), "sts:GetCallerIdentity")):
+        result = subprocess.run([str(hostile_python), "-m", "orgrunner", *command, "--tasks-dir", str(BROKEN_TASKS)],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=cli.home, timeout=120,
+                                env=cli.env())
+        assert result.returncode == 0 and shown in result.stdout, (command, result.stderr[-2000:])
+    signed = [r for r in emulator.requests()[mark:] if r.get("access_key_sha256") == sha(OPERATOR_KEY)]
+    assert signed == []
