@@ -375,8 +375,8 @@ RoleNameOpt = Annotated[str | None, typer.Option("--role-name", metavar="NAME", 
 ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", metavar="N",
                                                     help="Parallel workers [default: 16].")]
 ProcessesOpt = Annotated[int | None, typer.Option(
-    "--processes", metavar="N", help="Worker processes for planning, the workers split among them [default: one per "
-    "CPU, at most 4, each with 50+ accounts; 1 off Linux].")]
+    "--processes", metavar="N", help="Task worker processes (task code runs only there), the workers split among "
+    "them [default: one per CPU, at most 4, each with 50+ accounts].")]
 RegionOpt = Annotated[list[str] | None, typer.Option("--region", metavar="REGION", help="Only this region (repeatable) "
                                                      "[default: every region enabled in each account].")]
 
