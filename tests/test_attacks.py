@@ -467,3 +467,28 @@ def test_orgrunner_debug_0_means_off(cli: Cli, value: str, on: bool) -> None:
     result = subprocess.run([str(Path(orgrunner_command()).parent / "python"), "-c", probe], capture_output=True,
                             text=True, env=cli.env(ORGRUNNER_DEBUG=value), timeout=60)
     assert result.stdout.strip() == str(on), result.stderr
+
+
+# === Task code never reaches the operator's credentials (issue #11) =============================
+# The hostile task that tries every route to the operator's credentials, with and without the
+# fences, is in tests/test_safety_workers.py; here, a task that speaks the protocol itself.
+
+BROKEN_TASKS = Path(__file__).resolve().parent / "broken_tasks"
+
+
+@pytest.mark.parametrize(("region", "violation"), [("us-east-1", "which it was not handed"),
+                                                   ("eu-west-1", "credentials asked for account 000000000000")])
+def test_a_worker_forging_results_or_asking_for_another_accounts_credentials_is_ended(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient, region: str, violation: str) -> None:
+    """Everything a worker sends is checked against what the parent handed it: a result for an
+    account it was never given, or a request for another account's credentials, ends the worker,
+    and the target it held fails by name; nothing is reported for the stranger account."""
+    account = org.accounts["dev-app-1"]
+    report = cli.home / "plan.jsonl"
+    result = cli.run("run", "forges-protocol", "--tasks-dir", str(BROKEN_TASKS), "--account", account,
+                     "--region", region, "--report", str(report))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(r["account"], r["region"], r["status"]) for r in records] == [(account, region, "failed")]
+    assert "broke the protocol" in records[0]["error"] and violation in records[0]["error"], records[0]["error"]
