@@ -271,8 +271,17 @@ def _strip_account_from_host(**kwargs: Any) -> None:
     request.url = _ACCOUNT_HOST.sub(r"\1", request.url)
 
 
+EMULATOR_SWITCH = "ORGRUNNER_EMULATOR"  # set by the sandbox and the tests' emulator (orgrunner/sandbox.py)
+
+
+def emulator_rewrites_enabled() -> bool:
+    """Only against orgrunner's own emulator, switched on explicitly: AWS_ENDPOINT_URL alone (a
+    proxy, LocalStack) gets requests exactly as AWS would."""
+    return os.environ.get(EMULATOR_SWITCH) == "1" and bool(os.environ.get("AWS_ENDPOINT_URL"))
+
+
 def _install_emulator_hooks(session: botocore.session.Session) -> None:
-    """Against a custom endpoint (the emulator), S3 Control's account-id host prefix cannot be
-    resolved; strip it so requests reach the endpoint. Never active against real AWS."""
-    if os.environ.get("AWS_ENDPOINT_URL"):
+    """Against orgrunner's emulator, S3 Control's account-id host prefix cannot be resolved; strip
+    it so requests reach the endpoint. Never active otherwise."""
+    if emulator_rewrites_enabled():
         session.register("before-sign.s3-control.*", _strip_account_from_host)

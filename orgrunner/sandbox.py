@@ -35,6 +35,7 @@ from typing import IO, Any
 import boto3
 import botocore.session
 
+from orgrunner.aws import EMULATOR_SWITCH
 from orgrunner.errors import InputError, OrgrunnerError
 from orgrunner.statefiles import StateFolder
 
@@ -107,13 +108,18 @@ def _is_ours(url: str, token: str) -> bool | None:
         return None
 
 
+EMULATOR_WRAPPER = "orgrunner.emulator:wrap"
+
+
 def start_emulator(
-    port: int = 0, *, wsgi_wrapper: str | None = None, extra_env: dict[str, str] | None = None
+    port: int = 0, *, wsgi_wrapper: str = EMULATOR_WRAPPER, extra_env: dict[str, str] | None = None
 ) -> Emulator:
     """Start moto's server in a child process and wait until it answers.
 
-    `wsgi_wrapper` ("module:callable") wraps moto's WSGI app in the child; `extra_env` is
-    added to the child's environment (e.g. PYTHONPATH so it can import the wrapper).
+    `wsgi_wrapper` ("module:callable") wraps moto's WSGI app in the child: by default the strict
+    layer of orgrunner/emulator.py (which says no where AWS says no); the tests pass their own
+    subclass of it. `extra_env` is added to the child's environment (e.g. PYTHONPATH so it can
+    import the wrapper).
     """
     port = port or _free_port()
     token = secrets.token_hex(16)
@@ -217,6 +223,17 @@ def _open_default_security_group(ec2: Any) -> None:
     ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[self_rule, *_PERMISSIVE_INGRESS])
 
 
+def _enable_security_hub(hub: Any) -> None:
+    """Security Hub with its default standards, one control (EC2.7, EBS encryption by default)
+    switched off in the Foundational Security Best Practices standard."""
+    hub.enable_security_hub(EnableDefaultStandards=True)
+    fsbp = next(s["StandardsArn"] for s in hub.get_enabled_standards()["StandardsSubscriptions"]
+                if "aws-foundational-security-best-practices" in s["StandardsArn"])
+    hub.batch_update_standards_control_associations(StandardsControlAssociationUpdates=[{
+        "StandardsArn": fsbp, "SecurityControlId": "EC2.7", "AssociationStatus": "DISABLED",
+        "UpdatedReason": "sandbox: switched off to show securityhub-controls at work"}])
+
+
 @functools.cache
 def _botocore_session() -> botocore.session.Session:
     """One botocore session for every seeding, so service models are parsed once."""
@@ -226,8 +243,10 @@ def _botocore_session() -> botocore.session.Session:
 def seed_organization(
     endpoint_url: str, *, member_count: int = 8, regions: tuple[str, ...] = ("us-east-1", "eu-west-1")
 ) -> SandboxOrg:
-    """Create an organization with nested OUs, tagged members and one SUSPENDED account, and open
-    the default security group of every member's default VPC in `regions`."""
+    """Create an organization with nested OUs, tagged members and one SUSPENDED account (the
+    emulator gives each member OrganizationAccountAccessRole, as Organizations does), open the
+    default security group of every member's default VPC in `regions`, and enable Security Hub
+    (default standards, EC2.7 off) in every other member in the first region."""
     session = boto3.session.Session(
         botocore_session=_botocore_session(),
         aws_access_key_id=SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -273,8 +292,18 @@ def seed_organization(
             )
             for region in regions
         ]
+    hubs = []
+    for index, account_id in enumerate(accounts.values()):
+        if index % 2:
+            continue  # every other member has Security Hub, in the first region only
+        role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="orgrunner-sandbox-seed")["Credentials"]
+        hubs.append(session.client(
+            "securityhub", region_name=regions[0], endpoint_url=endpoint_url, aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"]))
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(_open_default_security_group, ec2_clients))
+        list(pool.map(_enable_security_hub, hubs))
     return SandboxOrg(
         management_account_id=org["MasterAccountId"],
         organization_id=org["Id"],
@@ -287,8 +316,10 @@ def seed_organization(
 
 
 def sandbox_environment(url: str) -> dict[str, str]:
-    """Environment variables pointing the AWS SDKs and CLI at the emulator at `url`."""
-    return {"AWS_ENDPOINT_URL": url, **SANDBOX_ENV_CREDENTIALS}
+    """Environment variables pointing the AWS SDKs and CLI at the emulator at `url`, with the
+    explicit switch (aws.EMULATOR_SWITCH) for the emulator-only request rewrites: never implied
+    by AWS_ENDPOINT_URL alone, so a user's own endpoint receives what AWS would."""
+    return {"AWS_ENDPOINT_URL": url, EMULATOR_SWITCH: "1", **SANDBOX_ENV_CREDENTIALS}
 
 
 def state_file() -> Path:
@@ -347,8 +378,12 @@ def serve(port: int = 0) -> None:
         with StateFolder(path.parent).open(path, "w") as handle:  # 0600: the token is for this user
             handle.write(json.dumps({"url": emulator.url, "pid": os.getpid(), "token": emulator.token}))
         try:
+            from orgrunner.emulator import AWS_DEFAULT_REGIONS
+
             print(f"# sandbox organization {org.organization_id}: management account {org.management_account_id}, "
-                  f"{len(org.accounts)} members, regions {', '.join(org.regions)}")
+                  f"{len(org.accounts)} members; {len(AWS_DEFAULT_REGIONS)} regions enabled (the aws partition's "
+                  f"default regions; opt-in regions not opted in); default security groups opened in "
+                  f"{', '.join(org.regions)}, Security Hub enabled in every other member in {org.regions[0]}")
             print("# `orgrunner --sandbox ...` in any shell now uses it; or point a shell at it with:")
             for name, value in sandbox_environment(emulator.url).items():
                 print(f"export {name}={value}")

@@ -93,8 +93,9 @@ def test_seeded_default_security_groups_are_open_in_seeded_regions_only(
     assert untouched["IpPermissions"] == []
 
 
-def test_requests_are_recorded_with_assume_role_parameters_and_no_secrets(emulator: EmulatorClient) -> None:
-    account_id = "111122223333"  # moto lets anyone assume any role, existing or not
+def test_requests_are_recorded_with_assume_role_parameters_and_no_secrets(
+        emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account_id = org.accounts["dev-app-1"]
     policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:Describe*"}]})
     credentials = assume_role(
         emulator.url,
@@ -106,7 +107,8 @@ def test_requests_are_recorded_with_assume_role_parameters_and_no_secrets(emulat
     )
     aws_client(emulator.url, "ec2", "eu-west-1", **credentials).describe_vpcs()
 
-    assume, describe = emulator.requests(service="sts") + emulator.requests(operation="DescribeVpcs")
+    [assume] = [r for r in emulator.requests(operation="AssumeRole") if r["params"]["RoleSessionName"] == "alice-task"]
+    [describe] = [r for r in emulator.requests(operation="DescribeVpcs") if r["session"] == "alice-task"]
     assert assume["account"] == "123456789012" and assume["target_account"] == account_id
     assert assume["params"] == {
         "RoleArn": f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
@@ -251,7 +253,7 @@ def test_denied_write_changes_nothing_and_explicit_deny_wins(emulator: EmulatorC
 
 
 def test_session_policy_enforcement_on_json_and_rest_services(emulator: EmulatorClient, org: SandboxOrg) -> None:
-    account_id = org.accounts["security-audit"]
+    account_id = org.accounts["prod-app-1"]  # the seeded org has no Security Hub here
     policy = _allow("s3:GetAccountPublicAccessBlock", "organizations:Describe*", "securityhub:DescribeHub")
     credentials = assume_role(emulator.url, account_id, Policy=policy)
     s3control = aws_client(emulator.url, "s3control", **credentials)

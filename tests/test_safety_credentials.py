@@ -32,7 +32,7 @@ from orgrunner.errors import SafetyRefusal
 from orgrunner.identity import operator_name
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
-from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids
+from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids
 
 REGION = "us-east-1"
 BROKEN = str(Path(__file__).parent / "broken_tasks")
@@ -41,6 +41,13 @@ OPERATOR_ROLE = "arn:aws:iam::123456789012:role/Operator"
 MFA_SERIAL = "arn:aws:iam::123456789012:mfa/alice"
 # AWS: RoleSessionName 2..64 of [\w+=,.@-] (\w being ASCII letters, digits and _); SourceIdentity the same.
 AWS_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
+
+
+@pytest.fixture
+def operator_roles(emulator: EmulatorClient) -> None:
+    """The management account's operator roles (the emulator, like AWS, assumes only roles that exist)."""
+    for name in ("Operator", "Engineer"):
+        create_role(emulator.url, "123456789012", name)
 
 
 def default_rules(emulator: EmulatorClient, account: str, region: str = REGION) -> list[str]:
@@ -178,6 +185,7 @@ def test_unknown_profile_is_bad_input(cli: Cli) -> None:
 # --- MFA on the first hop -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_whoami_through_an_operator_role_with_mfa(cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     result = cli.run("whoami", "--operator-role-arn", OPERATOR_ROLE, "--mfa-serial", MFA_SERIAL,
                      "--mfa-token", "123456")
@@ -190,6 +198,7 @@ def test_whoami_through_an_operator_role_with_mfa(cli: Cli, org: SandboxOrg, emu
     assert AWS_NAME.match(hop["params"]["RoleSessionName"])
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_mfa_serial_and_token_are_sent_on_the_first_hop(cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     result = cli.run("whoami", "--operator-role-arn", OPERATOR_ROLE, "--mfa-serial", MFA_SERIAL,
                      "--mfa-token", "123456")
@@ -199,6 +208,7 @@ def test_mfa_serial_and_token_are_sent_on_the_first_hop(cli: Cli, org: SandboxOr
     assert hop["params"].get("TokenCode") == "123456"
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_mfa_code_is_prompted_for_at_a_terminal(cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     child = cli.spawn("whoami", "--operator-role-arn", OPERATOR_ROLE, "--mfa-serial", MFA_SERIAL)
     child.expect("MFA code")
@@ -227,6 +237,7 @@ def test_mfa_serial_needs_an_operator_role(cli: Cli, emulator: EmulatorClient) -
     assert emulator.requests() == []
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_run_through_the_operator_role_assumes_member_roles_from_it(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     account = org.accounts["dev-app-1"]
@@ -241,6 +252,7 @@ def test_run_through_the_operator_role_assumes_member_roles_from_it(
     assert "assumed-role/Operator/" in result.stderr.splitlines()[0]
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_long_term_keys_through_an_operator_role_without_mfa_are_refused_when_armed(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     account = org.accounts["dev-app-1"]
@@ -280,6 +292,7 @@ def test_session_name_and_source_identity_sent_and_audited(
     assert all(e["run_id"] == start["run_id"] for e in cli.audit())
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_long_operator_and_long_task_name_still_fit(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     """The caller is a role session with a 64-character name; it then assumes the operator role
@@ -309,6 +322,7 @@ def test_long_operator_and_long_task_name_still_fit(
     assert (start["role_session_name"], start["source_identity"]) == (name, identity)
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_source_identity_names_the_human_through_the_operator_hop(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     human = operator_name(aws_client(emulator.url, "sts").get_caller_identity()["Arn"])
@@ -408,6 +422,7 @@ def test_member_credentials_are_refreshed_before_they_expire(org: SandboxOrg, em
     assert {r["account"] for r in ours} == {account}
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_operator_hop_credentials_are_refreshed_too(emulator: EmulatorClient) -> None:
     session = operator_session(short_session_base(), OPERATOR_ROLE, "or.operator.x", SHORT)
     sts = session.client("sts", REGION)
@@ -420,6 +435,7 @@ def test_operator_hop_credentials_are_refreshed_too(emulator: EmulatorClient) ->
     assert len([r for r in emulator.requests("sts", "AssumeRole") if r["params"]["RoleArn"] == OPERATOR_ROLE]) >= 2
 
 
+@pytest.mark.usefixtures("operator_roles")
 def test_mfa_operator_session_cannot_refresh_and_says_so(emulator: EmulatorClient) -> None:
     tokens = iter(["123456"])
     session = operator_session(short_session_base(), OPERATOR_ROLE, "or.operator.x", SHORT, MFA_SERIAL,

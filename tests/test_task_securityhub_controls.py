@@ -1,10 +1,11 @@
-"""securityhub-controls. moto serves DescribeHub (so "Security Hub not enabled -> skipped" runs end
-to end through the CLI) but none of the standards and controls APIs (GetEnabledStandards,
-BatchGet/BatchUpdateStandardsControlAssociations answer 404): those paths run plan/apply directly
-with botocore Stubbers, on clients guarded like the engine's."""
+"""securityhub-controls, end to end through the CLI against the emulator layer's Security Hub
+(orgrunner/emulator.py: hub, standards and control associations, AWS's shapes and errors). Only
+central configuration, which needs an organization's delegated administrator, runs plan/apply
+directly with botocore Stubbers on clients guarded like the engine's."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,7 @@ from orgrunner_builtin_tasks.securityhub_controls import SecurityHubControls, Se
 
 from orgrunner.errors import TargetError
 from orgrunner.sandbox import SandboxOrg
-from orgrunner.task import Skip
-from tests.emulator.client import EmulatorClient
+from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import Stubbed, run_cli, task_config
 
 TASK = "securityhub-controls"
@@ -59,59 +59,89 @@ def _not_the_administrator(stubbed: Stubbed) -> None:
         "You do not have sufficient access to perform this action.", 403)
 
 
+def _hub(emulator: EmulatorClient, account: str) -> Any:
+    return member_client(emulator.url, account, "securityhub", "us-east-1")
+
+
+def _statuses(emulator: EmulatorClient, account: str, std: str, controls: tuple[str, ...]) -> dict[str, str]:
+    hub = _hub(emulator, account)
+    ids = [{"StandardsArn": ARN[std], "SecurityControlId": c} for c in controls]
+    out = hub.batch_get_standards_control_associations(StandardsControlAssociationIds=ids)
+    return {a["SecurityControlId"]: a["AssociationStatus"] for a in out["StandardsControlAssociationDetails"]}
+
+
+def _config(tmp_path: Path, config: dict[str, Any] = CONFIG) -> Path:
+    lines = ["standards:"]
+    for std, controls in config["standards"].items():
+        lines.append(f"  {std}:")
+        for control, state in controls.items():
+            reason = f", reason: {state['reason']}" if "reason" in state else ""
+            lines.append(f"    {control}: {{status: {state['status']}{reason}}}")
+    return task_config(tmp_path, "securityhub-controls.yaml", "\n".join(lines) + "\n")
+
+
 def test_not_enabled_region_is_skipped_not_failed(emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
     text = f"standards:\n  {FSBP}:\n    EC2.7: {{status: ENABLED}}\n"
     config = task_config(tmp_path, "securityhub-controls.yaml", text)
+    run = run_cli(emulator, tmp_path, TASK, org.accounts["prod-app-1"], "--dry-run", config=config)
+    assert run.code == 0, run.err
+    assert run.statuses("plan") == ["skipped"]
+
+
+def test_dry_run_plans_one_change_per_differing_control_and_changes_nothing(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """The seeded member has FSBP and CIS 1.2 (not 3.0: left alone) with EC2.7 off; IAM.6 is to go off."""
+    account = org.accounts["dev-app-1"]
+    emulator.enforce_session_policies(True)
+    seeded = len(emulator.requests(operation="BatchUpdateStandardsControlAssociations"))
+    run = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=_config(tmp_path))
+
+    assert run.code == 0, run.out + run.err
+    assert sorted((c["resource"], c["action"], c["destructive"]) for c in run.changes) == [
+        (f"{FSBP}/EC2.7", "enable-control", False), (f"{FSBP}/IAM.6", "disable-control", True)]
+    assert _statuses(emulator, account, FSBP, ("EC2.7", "IAM.6")) == {"EC2.7": "DISABLED", "IAM.6": "ENABLED"}
+    assert len(emulator.requests(operation="BatchUpdateStandardsControlAssociations")) == seeded
+
+
+def test_armed_run_applies_under_the_session_policy_then_replans_clean(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Enabling and (confirmed) disabling through the CLI, with session policies enforced: the apply
+    policy must hold securityhub:UpdateStandardsControl, the dependent action AWS requires."""
+    account = org.accounts["dev-app-1"]
+    emulator.enforce_session_policies(True)
+    config = _config(tmp_path)
+    run = run_cli(emulator, tmp_path, TASK, account, "--arm", "--confirm-accounts", account, config=config)
+
+    assert run.code == 0, run.out + run.err
+    assert sorted(run.statuses("apply")) == ["ok"], run.report
+    assert _statuses(emulator, account, FSBP, ("EC2.7", "IAM.6")) == {"EC2.7": "ENABLED", "IAM.6": "DISABLED"}
+    reasons = _hub(emulator, account).batch_get_standards_control_associations(StandardsControlAssociationIds=[
+        {"StandardsArn": ARN[FSBP], "SecurityControlId": "IAM.6"}])["StandardsControlAssociationDetails"]
+    assert reasons[0]["UpdatedReason"] == REASON
+    again = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=config)
+    assert again.code == 0 and again.changes == []
+
+
+def test_no_configured_standard_enabled_is_skipped(emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    config = _config(tmp_path, {"standards": {CIS: {"IAM.15": {"status": "ENABLED"}}}})
     run = run_cli(emulator, tmp_path, TASK, org.accounts["dev-app-1"], "--dry-run", config=config)
     assert run.code == 0, run.err
     assert run.statuses("plan") == ["skipped"]
-    assert run.report[0]["error"] == "Security Hub is not enabled in this region"
-    assert "0 failed, 1 skipped" in run.out
+    assert "none of the configured standards is enabled" in run.out + json.dumps(run.report)
 
 
-def test_matching_controls_are_no_change() -> None:
-    stubbed = _task()
-    _hub_reads(stubbed, {"EC2.7": "ENABLED", "IAM.6": "DISABLED"})  # CIS is not enabled: left alone
-    assert stubbed.task.plan(stubbed.plan_context()) == []
-    stubbed.assert_done()
+def test_a_control_the_standard_lacks_fails_the_target_with_security_hubs_reason(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    config = _config(tmp_path, {"standards": {FSBP: {"Lambda.99": {"status": "ENABLED"}}}})
+    run = run_cli(emulator, tmp_path, TASK, org.accounts["dev-app-1"], "--dry-run", config=config)
+    assert run.code == 1
+    assert run.statuses("plan") == ["failed"]
+    reported = run.out + json.dumps(run.report)
+    assert "cannot read Lambda.99" in reported and "RESOURCE_NOT_FOUND" in reported
 
 
-def test_differing_controls_one_change_each_and_disabling_is_destructive() -> None:
-    stubbed = _task()
-    _hub_reads(stubbed, {"EC2.7": "DISABLED", "IAM.6": "ENABLED"})
-    _not_the_administrator(stubbed)
-    enable, disable = stubbed.task.plan(stubbed.plan_context())
-    stubbed.assert_done()
-    assert (enable.resource, enable.action, enable.destructive) == (f"{FSBP}/EC2.7", "enable-control", False)
-    assert enable.details == ("AssociationStatus: DISABLED -> ENABLED",)
-    assert (disable.action, disable.destructive) == ("disable-control", True)
-    assert disable.details == ("AssociationStatus: ENABLED -> DISABLED", f"UpdatedReason: (none) -> {REASON}")
-    assert disable.after == {"StandardsArn": ARN[FSBP], "SecurityControlId": "IAM.6",
-                             "AssociationStatus": "DISABLED", "UpdatedReason": REASON}
-    assert disable.undo == {"StandardsArn": ARN[FSBP], "SecurityControlId": "IAM.6", "AssociationStatus": "ENABLED"}
-
-
-def test_no_configured_standard_enabled_is_skipped() -> None:
-    stubbed = _task({"standards": {CIS: {"IAM.15": {"status": "ENABLED"}}}})
-    hub = stubbed.stub("securityhub")
-    hub.add_response("describe_hub", {}, {})
-    hub.add_response("get_enabled_standards", {"StandardsSubscriptions": [_subscription(FSBP)]})
-    with pytest.raises(Skip, match="none of the configured standards"):
-        stubbed.task.plan(stubbed.plan_context())
-
-
-def test_unreadable_control_fails_the_target_instead_of_planning() -> None:
-    stubbed = _task({"standards": {FSBP: {"EC2.999": {"status": "ENABLED"}}}})
-    hub = stubbed.stub("securityhub")
-    hub.add_response("describe_hub", {}, {})
-    hub.add_response("get_enabled_standards", {"StandardsSubscriptions": [_subscription(FSBP)]})
-    hub.add_response("batch_get_standards_control_associations", {
-        "StandardsControlAssociationDetails": [],
-        "UnprocessedAssociations": [{"StandardsControlAssociationId": {"StandardsArn": ARN[FSBP],
-                                                                       "SecurityControlId": "EC2.999"},
-                                     "ErrorCode": "NOT_FOUND", "ErrorReason": "no such control"}]})
-    with pytest.raises(TargetError, match=r"cannot read EC2\.999 in .*: NOT_FOUND: no such control"):
-        stubbed.task.plan(stubbed.plan_context())
+# Central configuration (a delegated administrator's configuration policy) is not emulated: these
+# run plan/apply directly on Stubber-answered clients, guarded like the engine's.
 
 
 def test_centrally_configured_account_is_reported_not_planned() -> None:
@@ -149,35 +179,6 @@ def _apply_setup() -> tuple[Stubbed, Any, Any]:
 def _live(hub: Any, status: str) -> None:
     hub.add_response("batch_get_standards_control_associations",
                      {"StandardsControlAssociationDetails": [_association(FSBP, "IAM.6", status)]})
-
-
-def test_apply_updates_exactly_the_planned_control_then_replans_clean() -> None:
-    stubbed, change, hub = _apply_setup()
-    _live(hub, "ENABLED")
-    hub.add_response("batch_update_standards_control_associations", {}, {"StandardsControlAssociationUpdates": [
-        {"StandardsArn": ARN[FSBP], "SecurityControlId": "IAM.6", "AssociationStatus": "DISABLED",
-         "UpdatedReason": REASON}]})
-    assert stubbed.task.apply(stubbed.apply_context(), change) == "applied"
-    _hub_reads(stubbed, {"IAM.6": "DISABLED"})  # the state the update left
-    assert stubbed.task.plan(stubbed.plan_context()) == []
-    stubbed.assert_done()
-
-
-def test_apply_when_the_control_is_already_as_wanted() -> None:
-    stubbed, change, hub = _apply_setup()
-    _live(hub, "DISABLED")
-    assert stubbed.task.apply(stubbed.apply_context(), change) == "already done"
-    stubbed.assert_done()
-
-
-def test_apply_fails_on_unprocessed_updates_with_their_reason() -> None:
-    stubbed, change, hub = _apply_setup()
-    _live(hub, "ENABLED")
-    hub.add_response("batch_update_standards_control_associations", {"UnprocessedAssociationUpdates": [
-        {"StandardsControlAssociationUpdate": change.after, "ErrorCode": "RESOURCE_NOT_FOUND",
-         "ErrorReason": "standard is NOT_READY_FOR_UPDATES"}]})
-    with pytest.raises(TargetError, match=r"IAM\.6 not updated: RESOURCE_NOT_FOUND: standard is NOT_READY"):
-        stubbed.task.apply(stubbed.apply_context(), change)
 
 
 def test_apply_in_a_centrally_configured_member_reports_it() -> None:

@@ -49,6 +49,17 @@ def assume_role(endpoint_url: str, account_id: str, **kwargs: Any) -> dict[str, 
     }
 
 
+def create_role(endpoint_url: str, account_id: str, name: str, trusted: str = "123456789012") -> str:
+    """Create role `name` in `account_id` (through AssumeRole into its OrganizationAccountAccessRole
+    for a member, directly for the management account), trusting account `trusted`; its ARN."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{trusted}:root"}, "Action": "sts:AssumeRole"}]})
+    credentials = {} if account_id == "123456789012" else assume_role(endpoint_url, account_id)
+    iam = aws_client(endpoint_url, "iam", **credentials)
+    arn: str = iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    return arn
+
+
 def member_client(emulator_url: str, account_id: str, service: str, region: str = "us-east-1") -> Any:
     """A boto3 client acting in member `account_id` (OrganizationAccountAccessRole)."""
     return aws_client(emulator_url, service, region, **assume_role(emulator_url, account_id))
