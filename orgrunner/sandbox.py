@@ -294,7 +294,7 @@ def seed_organization(
         ]
     hubs = []
     for index, account_id in enumerate(accounts.values()):
-        if index % 2:
+        if index % 2 or not regions:
             continue  # every other member has Security Hub, in the first region only
         role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
         creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="orgrunner-sandbox-seed")["Credentials"]
