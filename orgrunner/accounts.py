@@ -101,7 +101,7 @@ class Protection:
 
 class Organization:
     def __init__(self, session: aws.Session) -> None:
-        self._client = session.client("organizations", aws.HOME_REGION)
+        self._client = session.client("organizations", session.home_region)
 
     def _api(self, operation: str, key: str, **params: Any) -> list[Any]:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import re
 import threading
@@ -33,7 +34,9 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from orgrunner import environment
 
 USER_AGENT = "orgrunner/0.1"
-HOME_REGION = "us-east-1"  # Organizations, IAM and other global APIs answer here
+HOME_REGION = "us-east-1"  # the aws partition's region for Organizations, IAM and other global APIs
+# Each partition's region for global calls (Organizations, IAM, STS of the first hop).
+HOME_REGIONS = {"aws": "us-east-1", "aws-us-gov": "us-gov-west-1", "aws-cn": "cn-north-1"}
 RETRYABLE_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
     "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "RequestThrottled",
@@ -128,11 +131,20 @@ class _CredentialedSession(botocore.session.Session):
 
 
 class Session:
-    """Creates clients for one set of credentials; safe to share between threads."""
+    """Creates clients for one set of credentials; safe to share between threads.
 
-    def __init__(self, botocore_session: botocore.session.Session, config: Config | None = None) -> None:
+    `partition` (aws, aws-us-gov, aws-cn) decides the home region of global calls; it starts as
+    the partition of the configured region and is set from the caller's ARN once STS said who
+    we are (see `identity.resolve_caller`)."""
+
+    def __init__(self, botocore_session: botocore.session.Session, config: Config | None = None,
+                 partition: str | None = None) -> None:
         self._session = botocore_session
         self._session.register_component("data_loader", shared_loader())
+        # Member sessions use the regional STS endpoint of the home region, never the global one.
+        self._session.set_config_variable("sts_regional_endpoints", "regional")
+        configured = self._session.get_config_variable("region")
+        self.partition = partition or partition_of_region(configured or HOME_REGION)
         self._session.register("after-call.*.*", _count_retries)
         _install_emulator_hooks(self._session)
         self._config = config or client_config()
@@ -140,8 +152,12 @@ class Session:
 
     @classmethod
     def from_credentials(cls, credentials: botocore.credentials.Credentials,
-                         config: Config | None = None) -> Session:
-        return cls(_CredentialedSession(credentials), config)
+                         config: Config | None = None, partition: str = "aws") -> Session:
+        return cls(_CredentialedSession(credentials), config, partition)
+
+    @property
+    def home_region(self) -> str:
+        return home_region(self.partition)
 
     @classmethod
     def from_profile(cls, profile: str | None, config: Config | None = None) -> Session:
@@ -158,7 +174,7 @@ class Session:
     def client(self, service: str, region: str | None = None) -> Any:
         # botocore sessions are not thread-safe while they build their components.
         with self._lock:
-            return self._session.create_client(service, region_name=region or HOME_REGION, config=self._config)
+            return self._session.create_client(service, region_name=region or self.home_region, config=self._config)
 
 
 def load_models(services: Iterable[str]) -> None:
@@ -171,6 +187,37 @@ def load_models(services: Iterable[str]) -> None:
         with contextlib.suppress(botocore.exceptions.UnknownServiceError):
             session.create_client(service, region_name=HOME_REGION, aws_access_key_id="unused",
                                   aws_secret_access_key="unused")
+
+
+@functools.cache
+def _partition_regions() -> dict[str, frozenset[str]]:
+    session = botocore.session.Session()
+    session.register_component("data_loader", shared_loader())
+    return {p: frozenset(session.get_available_regions("ec2", p)) for p in session.get_available_partitions()}
+
+
+def partition_of_region(region: str) -> str:
+    """The partition a region belongs to (botocore's endpoint data); "aws" for a region it does not know."""
+    return next((p for p, regions in _partition_regions().items() if region in regions), "aws")
+
+
+def partition_of_arn(arn: str) -> str:
+    """`arn:aws-us-gov:sts::...` -> "aws-us-gov"."""
+    parts = arn.split(":")
+    return parts[1] if len(parts) > 5 and parts[0] == "arn" and parts[1] else "aws"
+
+
+def home_region(partition: str) -> str:
+    """The region global calls of `partition` go to (us-east-1, us-gov-west-1, cn-north-1)."""
+    if partition in HOME_REGIONS:
+        return HOME_REGIONS[partition]
+    regions = sorted(_partition_regions().get(partition, ()))
+    return regions[0] if regions else HOME_REGION
+
+
+def partition_regions(partition: str) -> frozenset[str]:
+    """The regions of one partition: the only ones a run in that partition ever targets."""
+    return _partition_regions().get(partition, frozenset())
 
 
 _known_regions: frozenset[str] | None = None

@@ -95,7 +95,7 @@ def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
 
     Without MFA the session refreshes itself; with MFA a refresh would need a new token, so the
     run must end within `duration` (the error then says so)."""
-    sts = base.client("sts", aws.HOME_REGION)
+    sts = base.client("sts", base.home_region)
     params: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": duration}
     if identity:
         params["SourceIdentity"] = identity  # set on the first hop, it follows every chained session
@@ -112,7 +112,8 @@ def operator_session(base: aws.Session, role_arn: str, name: str, duration: int,
             raise SafetyRefusal(f"the MFA session for {role_arn} expired; run again with a new token")
         return assume(sts, params)
 
-    return aws.Session.from_credentials(refreshable_credentials(metadata, duration, refresh))
+    return aws.Session.from_credentials(refreshable_credentials(metadata, duration, refresh),
+                                        partition=aws.partition_of_arn(role_arn))
 
 
 @dataclass(frozen=True)
@@ -128,15 +129,20 @@ class RoleRequest:
 class RoleAssumer:
     """Assumes the member role once per account (per phase) and caches the refreshable result."""
 
-    def __init__(self, base: aws.Session, request: RoleRequest, partition: str = "aws") -> None:
-        self._sts = base.client("sts", aws.HOME_REGION)
+    def __init__(self, base: aws.Session, request: RoleRequest, partition: str | None = None) -> None:
+        self._partition = partition or base.partition
+        # the regional STS endpoint of the partition's home region (aws.Session sets regional endpoints)
+        self._sts = base.client("sts", aws.home_region(self._partition))
         self._request = request
-        self._partition = partition
         self._cache: dict[str, botocore.credentials.Credentials] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._issued: dict[str, list[str]] = {}  # account -> every credential value it was given
         self._guard = threading.Lock()
         self.assume_calls = 0
+
+    @property
+    def partition(self) -> str:
+        return self._partition
 
     def role_arn(self, account_id: str) -> str:
         return f"arn:{self._partition}:iam::{account_id}:role/{self._request.role_name}"
@@ -180,7 +186,7 @@ class RoleAssumer:
 
     def session(self, account_id: str) -> aws.Session:
         """A session of its own for the account (the runner shares one session instead)."""
-        return aws.Session.from_credentials(self.credentials(account_id))
+        return aws.Session.from_credentials(self.credentials(account_id), partition=self._partition)
 
     def forget(self, account_id: str) -> None:
         """Drop the account's credentials (its work is done), and stop scrubbing output for them:

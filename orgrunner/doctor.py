@@ -28,7 +28,8 @@ def check_roles(session: aws.Session, accounts: list[Account], settings: Setting
 
     # One STS client for every account, signing as the account being checked (see aws.AccountCredentials).
     sts = aws.Session.from_credentials(aws.AccountCredentials(),
-                                       aws.client_config(max_pool_connections=settings.concurrency)).client("sts")
+                                       aws.client_config(max_pool_connections=settings.concurrency),
+                                       partition=assumer.partition).client("sts")
 
     def check(account: Account) -> tuple[Account, str | None]:
         try:

@@ -12,6 +12,9 @@ lacks the Security Hub controls API; here:
   (orgrunner/iamdata.py: the same table the guard uses);
 - DescribeRegions answers for the caller's partition only: default regions enabled, opt-in
   regions `not-opted-in`;
+- credentials belong to one partition (a session to its role's, the default credentials to the
+  partition their organization was created in): a request signed for another partition's region
+  is refused as AWS refuses it (the token is not valid there);
 - the Security Hub hub, standards and standards-control calls are a small stateful emulation with
   AWS's documented shapes and errors.
 
@@ -20,6 +23,7 @@ moto is imported only inside functions: this module imports without it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -508,12 +512,16 @@ def create_access_role(account: str, partition: str, management_account: str) ->
     if any(r.name == MANAGEMENT_ROLE for r in backend.get_roles()):
         return
     backend.create_role(MANAGEMENT_ROLE, trust, "/", None, "Created by AWS Organizations", [], "3600")
-    backend.attach_role_policy(f"arn:{partition}:iam::aws:policy/AdministratorAccess", MANAGEMENT_ROLE)
+    from moto.iam.exceptions import NotFoundException
+
+    with contextlib.suppress(NotFoundException):  # moto knows AWS managed policies in the aws partition only
+        backend.attach_role_policy(f"arn:{partition}:iam::aws:policy/AdministratorAccess", MANAGEMENT_ROLE)
 
 
 @dataclass
 class StrictState:
     sessions: dict[str, Session] = field(default_factory=dict)
+    default_partition: str | None = None  # of the default credentials: where CreateOrganization was called
     enforce_session_policies: bool = True
     securityhub: SecurityHub = field(default_factory=SecurityHub)
 
@@ -560,7 +568,8 @@ class StrictAws:
             session = self.state.sessions.get(request.access_key_id)
         error = self._before(request, session)
         with self.lock:
-            error = error or self._denial(request, session) or self._assume_role_refusal(request, session)
+            error = (error or self._partition_refusal(request, session) or self._denial(request, session)
+                     or self._assume_role_refusal(request, session))
         if error:
             return self._answer_error(request, session, error, start_response)
         emulated = self._emulate(request, session, body)
@@ -584,6 +593,16 @@ class StrictAws:
         if session is not None:
             return session.arn, session.account
         return f"arn:{partition_of_region(region)}:iam::{DEFAULT_ACCOUNT}:user/moto", DEFAULT_ACCOUNT
+
+    def _partition_refusal(self, request: AwsRequest, session: Session | None) -> tuple[str, str, int] | None:
+        """Credentials of one partition are unknown to every other partition's endpoints."""
+        ours = session.role_arn.split(":")[1] if session and session.role_arn.count(":") >= 5 \
+            else self.state.default_partition
+        if ours is None or partition_of_region(request.region) == ours:
+            return None
+        code = {"ec2": "AuthFailure", "json": "UnrecognizedClientException",
+                "rest-json": "UnrecognizedClientException"}.get(request.protocol, "InvalidClientTokenId")
+        return code, "The security token included in the request is invalid.", 403
 
     def _denial(self, request: AwsRequest, session: Session | None) -> tuple[str, str, int] | None:
         """AWS's refusal when the session policy does not allow every action the request needs,
@@ -655,11 +674,14 @@ class StrictAws:
             return start_response(status_line, headers, *exc_info)
 
         result = self.app(environ, capture)
-        if request.operation in ("AssumeRole", "CreateAccount"):
+        if request.operation in ("AssumeRole", "CreateAccount", "CreateOrganization"):
             payload = b"".join(result)
             getattr(result, "close", lambda: None)()
             if status[0] == 200 and request.operation == "AssumeRole":
                 self._remember_session(request, payload)
+            if status[0] == 200 and request.operation == "CreateOrganization" and session is None:
+                with self.lock:
+                    self.state.default_partition = partition_of_region(request.region)
             if status[0] == 200 and request.operation == "CreateAccount" and request.signing_name == "organizations":
                 account_id = json.loads(payload).get("CreateAccountStatus", {}).get("AccountId")
                 _, management = self.caller(session, request.region)

@@ -83,6 +83,7 @@ def resolve_caller(session: aws.Session, source: str) -> Caller:
     except BotoCoreError as exc:
         raise InputError(f"credentials: {exc}") from None
     kind: CredentialKind = "long-term" if key.startswith("AKIA") else "temporary"
+    session.partition = aws.partition_of_arn(ident["Arn"])  # the caller's ARN decides the partition
     return Caller(arn=ident["Arn"], account_id=ident["Account"], kind=kind, source=source, key_prefix=key[:4],
                   operator=operator_name(ident["Arn"]))
 

@@ -142,8 +142,9 @@ class Runner:
     def __init__(self, task: Task, assumer: CredentialSource, concurrency: int,
                  stop: threading.Event | None = None,
                  on_outcome: Callable[[Target, Outcome], None] | None = None,
-                 on_intent: Callable[[Target, Change], None] | None = None) -> None:
-        """`on_intent` is called from the job just before each change is applied, and the change is
+                 on_intent: Callable[[Target, Change], None] | None = None, partition: str = "aws") -> None:
+        """`partition` (the caller's, from the parent) decides the region of global targets.
+        `on_intent` is called from the job just before each change is applied, and the change is
         applied only if it returns (the intent is durable); `on_outcome` the moment it was applied
         (or failed): a journal written from them holds every change AWS may have applied, even if a
         process dies between the call and the record."""
@@ -153,7 +154,8 @@ class Runner:
         # One session signing as the current job's account, one guarded client per service and
         # region, shared by every job (see aws.AccountCredentials).
         self.session = aws.Session.from_credentials(aws.AccountCredentials(),
-                                                    aws.client_config(max_pool_connections=concurrency))
+                                                    aws.client_config(max_pool_connections=concurrency),
+                                                    partition=partition)
         self._shared: dict[tuple[str, str], Any] = {}
         self._open: dict[str, int] = {}  # targets of each account not yet done
         self.assumer = assumer
@@ -175,7 +177,7 @@ class Runner:
 
     def _clients(self, target: Target, phase: Phase) -> tuple[Callable[[str, Phase], Any], CallGuard]:
         guard = CallGuard(self.task.name, phase, phase_actions(type(self.task), phase))
-        region = aws.HOME_REGION if target.region == GLOBAL_REGION else target.region
+        region = self.session.home_region if target.region == GLOBAL_REGION else target.region
 
         def make(service: str, _phase: Phase) -> Any:
             return self._client(service, region)

@@ -241,7 +241,8 @@ def _botocore_session() -> botocore.session.Session:
 
 
 def seed_organization(
-    endpoint_url: str, *, member_count: int = 8, regions: tuple[str, ...] = ("us-east-1", "eu-west-1")
+    endpoint_url: str, *, member_count: int = 8, regions: tuple[str, ...] = ("us-east-1", "eu-west-1"),
+    home_region: str = "us-east-1",
 ) -> SandboxOrg:
     """Create an organization with nested OUs, tagged members and one SUSPENDED account (the
     emulator gives each member OrganizationAccountAccessRole, as Organizations does), open the
@@ -252,8 +253,10 @@ def seed_organization(
         aws_access_key_id=SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=SANDBOX_ENV_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         aws_session_token=SANDBOX_ENV_CREDENTIALS["AWS_SESSION_TOKEN"],
-        region_name=SANDBOX_ENV_CREDENTIALS["AWS_DEFAULT_REGION"],
+        region_name=home_region,
     )
+    partition = next((p for p in _botocore_session().get_available_partitions()
+                      if home_region in _botocore_session().get_available_regions("ec2", p)), "aws")
     orgs = session.client("organizations", endpoint_url=endpoint_url)
     org = orgs.create_organization(FeatureSet="ALL")["Organization"]
     root_id: str = orgs.list_roots()["Roots"][0]["Id"]
@@ -279,7 +282,7 @@ def seed_organization(
     sts = session.client("sts", endpoint_url=endpoint_url)
     ec2_clients = []
     for account_id in accounts.values():
-        role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+        role_arn = f"arn:{partition}:iam::{account_id}:role/OrganizationAccountAccessRole"
         creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="orgrunner-sandbox-seed")["Credentials"]
         ec2_clients += [
             session.client(
@@ -296,7 +299,7 @@ def seed_organization(
     for index, account_id in enumerate(accounts.values()):
         if index % 2 or not regions:
             continue  # every other member has Security Hub, in the first region only
-        role_arn = f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole"
+        role_arn = f"arn:{partition}:iam::{account_id}:role/OrganizationAccountAccessRole"
         creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="orgrunner-sandbox-seed")["Credentials"]
         hubs.append(session.client(
             "securityhub", region_name=regions[0], endpoint_url=endpoint_url, aws_access_key_id=creds["AccessKeyId"],

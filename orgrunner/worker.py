@@ -218,7 +218,8 @@ def work(channel: Channel, task: Task, duration: int) -> None:
         if op == "work":
             if engine is None:
                 threads = max(1, int(message["threads"]))
-                runner = Runner(task, source, threads, stop, on_outcome=outcome, on_intent=intent)
+                runner = Runner(task, source, threads, stop, on_outcome=outcome, on_intent=intent,
+                                partition=str(message.get("partition", "aws")))
                 runner.session.botocore_session.register("after-call.*.*", count)
                 engine = (runner, _Pool(threads, stop))
                 _start_thread(functools.partial(_send_results, channel, engine[1]), "results")

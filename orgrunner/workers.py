@@ -435,8 +435,9 @@ class Workers:
             if not worker.outstanding or len(worker.outstanding) == len(targets):
                 worker.last_heard = time.monotonic()  # idle until now: the timeout counts from here
         with contextlib.suppress(OSError):  # it is gone: its reader fails what it held, these targets included
+            partition = self._assumer.partition if self._assumer is not None else "aws"
             worker.channel.send({"op": "work", "phase": phase, "account": account.id, "name": account.name,
-                                 "threads": self.threads, "creds": frozen(creds), **extra})
+                                 "threads": self.threads, "creds": frozen(creds), "partition": partition, **extra})
         return []
 
     def _run(self, jobs: Iterator[Callable[[], None]], forget: Callable[[str], None]) -> Iterator[TargetResult]:
@@ -528,8 +529,10 @@ class Workers:
         self._assumer = assumer
         self.discovered = len(accounts) * (len(regions) if regions else 1)
         session = aws.Session.from_credentials(aws.AccountCredentials(),
-                                               aws.client_config(max_pool_connections=self.concurrency))
-        ec2 = install_shared(session.client("ec2", aws.HOME_REGION)) if spec.regional else None
+                                               aws.client_config(max_pool_connections=self.concurrency),
+                                               partition=assumer.partition)
+        ec2 = install_shared(session.client("ec2", session.home_region)) if spec.regional else None
+        ours = aws.partition_regions(assumer.partition)  # never another partition's, whatever is listed
         guard = CallGuard("orgrunner", "plan", ENGINE_REGIONAL_ACTIONS)
 
         def prepare(account: Account, wanted: list[str] | None) -> None:
@@ -541,7 +544,8 @@ class Workers:
                 if spec.regional:
                     with aws.acting_for(lambda: creds), guard.active():
                         described = aws.call(ec2, "describe_regions")["Regions"]
-                    enabled = sorted(r["RegionName"] for r in described if r.get("OptInStatus") != "not-opted-in")
+                    enabled = sorted(r["RegionName"] for r in described
+                                     if r.get("OptInStatus") != "not-opted-in" and r["RegionName"] in ours)
                     covered = enabled if wanted is None else [r for r in wanted if r in enabled]
                     disabled = [] if wanted is None else [r for r in wanted if r not in enabled]
                 else:

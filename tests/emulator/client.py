@@ -105,6 +105,10 @@ class EmulatorClient:
     def set_latency(self, ms: float) -> None:
         self._call("POST", "latency", {"ms": ms})
 
+    def moto_describe_regions(self, on: bool) -> None:
+        """Let moto answer DescribeRegions: every partition's regions, as a lenient endpoint might."""
+        self._call("POST", "moto-describe-regions", {"enabled": on})
+
     def enforce_session_policies(self, on: bool) -> None:
         self._call("POST", "enforce-session-policies", {"enabled": on})
 

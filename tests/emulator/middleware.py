@@ -48,6 +48,7 @@ class _State(StrictState):
     requests: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     latency_ms: float = 0
+    moto_describe_regions: bool = False  # let moto answer DescribeRegions (every partition's regions)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
 
@@ -84,6 +85,12 @@ class EmulatorMiddleware(StrictAws):
         time.sleep(latency_ms / 1000)
         return error
 
+    def _emulate(self, request: AwsRequest, session: Session | None,
+                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        if self.state.moto_describe_regions and request.operation == "DescribeRegions":
+            return None
+        return super()._emulate(request, session, body)
+
     def _after(self, request: AwsRequest, session: Session | None, status: int) -> None:
         entry: dict[str, Any] = {
             "service": request.service,
@@ -106,7 +113,7 @@ class EmulatorMiddleware(StrictAws):
 
     def _control(self, environ: dict[str, Any], body: bytes, start_response: Callable[..., Any]) -> list[bytes]:
         """GET requests; POST/DELETE rules; POST latency {"ms"}, enforce-session-policies
-        {"enabled"}, reset."""
+        {"enabled"}, moto-describe-regions {"enabled"}, reset."""
         route = (environ["REQUEST_METHOD"], environ["PATH_INFO"].removeprefix("/_emulator/").rstrip("/"))
         data = json.loads(body) if body else {}
         answer: Any
@@ -129,6 +136,8 @@ class EmulatorMiddleware(StrictAws):
                 state.rules.clear()
             elif route == ("POST", "latency"):
                 state.latency_ms = float(data["ms"])
+            elif route == ("POST", "moto-describe-regions"):
+                state.moto_describe_regions = bool(data["enabled"])
             elif route == ("POST", "enforce-session-policies"):
                 state.enforce_session_policies = bool(data["enabled"])
             elif route == ("POST", "reset"):
