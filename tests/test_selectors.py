@@ -14,7 +14,7 @@ import pytest
 
 from orgrunner.sandbox import SandboxOrg, seed_organization
 from tests.cli import Cli
-from tests.emulator.client import EmulatorClient
+from tests.emulator.client import EmulatorClient, create_role
 
 PROD = {"prod-app-1", "prod-app-2", "prod-app-3"}
 DEV = {"dev-app-1", "dev-app-2"}
@@ -230,6 +230,8 @@ RUN_SELECTIONS: list[Any] = [
 @pytest.mark.parametrize(("args", "expected"), RUN_SELECTIONS)
 def test_run_plans_exactly_the_selected_accounts(cli: Cli, org: SandboxOrg, emulator: EmulatorClient,
                                                  args: Args, expected: set[str]) -> None:
+    if "management" in expected:  # Organizations creates no such role there: it is deployed separately
+        create_role(emulator.url, org.management_account_id, "OrganizationAccountAccessRole")
     mark = len(emulator.requests())
     result = cli.run("run", "strip-default-sg", "--region", "us-east-1", *args(org))
     assert result.returncode == 0, result.stderr
