@@ -324,7 +324,7 @@ EMULATOR_SWITCH = "ORGRUNNER_EMULATOR"  # set by the sandbox and the tests' emul
 def emulator_rewrites_enabled() -> bool:
     """Only against orgrunner's own emulator, switched on explicitly: AWS_ENDPOINT_URL alone (a
     proxy, LocalStack) gets requests exactly as AWS would."""
-    return os.environ.get(EMULATOR_SWITCH) == "1" and bool(os.environ.get("AWS_ENDPOINT_URL"))
+    return environment.current().emulator and bool(os.environ.get("AWS_ENDPOINT_URL"))
 
 
 def _install_emulator_hooks(session: botocore.session.Session) -> None:

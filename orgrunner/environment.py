@@ -28,6 +28,7 @@ class Environment:
     debug: bool = False  # ORGRUNNER_DEBUG: tracebacks for internal errors
     config: str | None = None  # ORGRUNNER_CONFIG
     state_dir: str | None = None  # ORGRUNNER_STATE_DIR
+    emulator: bool = False  # ORGRUNNER_EMULATOR: set by the sandbox and the tests' emulator (aws.py's rewrites)
 
 
 def _integer(name: str, default: int, low: int, high: int) -> int:
@@ -88,6 +89,7 @@ def current() -> Environment:
         debug=_flag("ORGRUNNER_DEBUG"),
         config=_path("ORGRUNNER_CONFIG"),
         state_dir=_path("ORGRUNNER_STATE_DIR"),
+        emulator=_flag("ORGRUNNER_EMULATOR"),
     )
 
 

@@ -10,7 +10,7 @@ import botocore.awsrequest
 import pytest
 from botocore.exceptions import ClientError
 
-from orgrunner import aws
+from orgrunner import aws, environment
 from orgrunner.emulator import AWS_DEFAULT_REGIONS
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
@@ -54,6 +54,7 @@ def _sent_url(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    environment.current.cache_clear()  # the environment is parsed once per process: parse this one
     client = aws.Session.from_profile(None).client("s3control", "us-east-1")
     sent: list[str] = []
 
@@ -66,6 +67,7 @@ def _sent_url(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     client.meta.events.register_first("before-send.s3-control.*", answer)
     with pytest.raises(ClientError):
         client.get_public_access_block(AccountId="111122223333")
+    environment.current.cache_clear()
     return sent[0]
 
 
