@@ -74,6 +74,22 @@ def parse_tags(values: list[str]) -> dict[str, str]:
 
 
 @dataclass
+class OrgUnit:
+    """A root or an OU: its id, name, parent, path from the root, and its direct member accounts."""
+
+    id: str
+    name: str
+    parent: str | None
+    path: str
+    accounts: list[str] = field(default_factory=list)
+
+    def total(self, units: list[OrgUnit]) -> int:
+        """Accounts under this unit, nested OUs included."""
+        children = [u for u in units if u.parent == self.id]
+        return len(self.accounts) + sum(c.total(units) for c in children)
+
+
+@dataclass
 class Selection:
     targets: list[Account]
     skipped: list[tuple[Account, str]]
@@ -142,18 +158,27 @@ class Organization:
                 "list_organizational_units_for_parent", "OrganizationalUnits", ParentId=parent))
         return found
 
-    def ou_paths(self) -> dict[str, str]:
-        """Account id -> the path of OU names from the root down to the account's parent
-        ("Root/Workloads/Prod"), from one breadth-first walk of the tree (two list calls per OU,
-        not one ListParents per account)."""
-        paths: dict[str, str] = {}
-        queue = [(root["Id"], str(root.get("Name") or "Root")) for root in self._api("list_roots", "Roots")]
+    def tree(self) -> list[OrgUnit]:
+        """The roots and OUs, parents before children, each with its path of names from the root
+        ("Root/Workloads/Prod") and its direct accounts, from one breadth-first walk (one
+        ListOrganizationalUnitsForParent and one ListAccountsForParent per OU, not one ListParents
+        per account; paged and retried on throttling by orgrunner.aws)."""
+        units: list[OrgUnit] = []
+        queue = [OrgUnit(r["Id"], str(r.get("Name") or "Root"), None, str(r.get("Name") or "Root"))
+                 for r in self._api("list_roots", "Roots")]
         while queue:
-            parent, path = queue.pop(0)
-            paths.update((a["Id"], path) for a in self._api("list_accounts_for_parent", "Accounts", ParentId=parent))
-            queue.extend((ou["Id"], f"{path}/{ou.get('Name') or ou['Id']}") for ou in self._api(
-                "list_organizational_units_for_parent", "OrganizationalUnits", ParentId=parent))
-        return paths
+            unit = queue.pop(0)
+            units.append(unit)
+            unit.accounts = [a["Id"] for a in self._api("list_accounts_for_parent", "Accounts", ParentId=unit.id)]
+            children = self._api("list_organizational_units_for_parent", "OrganizationalUnits", ParentId=unit.id)
+            queue.extend(OrgUnit(c["Id"], str(c.get("Name") or c["Id"]), unit.id,
+                                 f"{unit.path}/{c.get('Name') or c['Id']}")
+                         for c in sorted(children, key=lambda c: str(c.get("Name", ""))))
+        return units
+
+    def ou_paths(self) -> dict[str, str]:
+        """Account id -> the path of OU names from the root down to the account's parent."""
+        return {account: unit.path for unit in self.tree() for account in unit.accounts}
 
     def tags(self, account_id: str) -> dict[str, str]:
         return {t["Key"]: t["Value"] for t in self._api("list_tags_for_resource", "Tags", ResourceId=account_id)}

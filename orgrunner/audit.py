@@ -1,6 +1,9 @@
 """The audit log: JSON lines through concurrent-log-handler, rotating by size, safe when several
-orgrunner processes write at once. One line per run start and end, and per planned and applied
-change with its outcome. Nothing secret is ever written; a scrubber guards that in depth.
+orgrunner processes write at once. One line per run start and end, per confirmation attempt, and
+per planned and applied change: where, what (its one-line summary), its outcome, and the SHA-256
+of the change's canonical JSON (`Change.digest`); the change in full (every removed rule) is in
+the run's journal, where undo reads it. Nothing secret is ever written; a scrubber guards that in
+depth.
 """
 
 from __future__ import annotations

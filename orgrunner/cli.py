@@ -28,8 +28,9 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from orgrunner import __version__, aws, environment, fence, journal
+from orgrunner import runs as runs_module
 from orgrunner import workers as task_workers
-from orgrunner.accounts import ACCOUNT_ID, Organization, Selection, Selectors, parse_tags
+from orgrunner.accounts import ACCOUNT_ID, Account, Organization, OrgUnit, Selection, Selectors, parse_tags
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
@@ -49,6 +50,7 @@ from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions, err
 from orgrunner.planfile import load as load_plan
 from orgrunner.policy import session_policy
+from orgrunner.present import DETAILS
 from orgrunner.report import Tally, summarize
 from orgrunner.runner import describe_error
 from orgrunner.settings import Settings, config_dir, load_settings, state_dir
@@ -90,6 +92,8 @@ app = typer.Typer(
 sandbox_app = typer.Typer(help="A local emulated organization for trying orgrunner without AWS.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+runs_app = typer.Typer(help="Recent runs, from the audit log; `runs show RUN_ID`: what one run changed.")
+app.add_typer(runs_app, name="runs")
 
 
 # --- shared options ---------------------------------------------------------------------------
@@ -245,25 +249,88 @@ def accounts(
     account: AccountOpt = None, ou: OuOpt = None, exclude: ExcludeOpt = None, tag: TagOpt = None,
     include_management: MgmtOpt = False, include_protected: ProtOpt = False,
     output: Annotated[str, _format("text", "json", "table")] = "text",  # table: its name before formats were one
+    with_tags: Annotated[bool, typer.Option("--tags", help="Also read and show each account's tags "
+                                            "(one call per account).")] = False,
     profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
     mfa_token: MfaTokenOpt = None, config: ConfigOpt = None, sandbox: SandboxOpt = False,
 ) -> None:
-    """List the accounts a run with these selectors would target, and those left out and why."""
+    """List the accounts a run with these selectors would target, with their OU path (and tags
+    with --tags), and those left out and why."""
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     settings = load_settings(config)
     session, _ = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token, settings.session_duration))
-    selection = Organization(session).select(chosen, settings.protection())
+    org = Organization(session)
+    selection = org.select(chosen, settings.protection())
+    place = {a: (u.id, u.path) for u in org.tree() for a in u.accounts}
+    listed = [a for a in selection.targets] + [a for a, _ in selection.skipped]
+    tags = _read_tags(org, listed) if with_tags else {a.id: dict(a.tags) for a in listed} if tag else None
+
+    def row(a: Account) -> dict[str, object]:
+        ou_id, path = place.get(a.id, ("", ""))
+        data = {**a.to_dict(), "ou_id": ou_id, "ou_path": path}
+        if tags is None:
+            data.pop("tags")  # not read: say nothing rather than an empty {}
+        else:
+            data["tags"] = tags.get(a.id, {})
+        return data
+
     if output == "json":
         print(json.dumps({
             "management_account_id": selection.management_account_id,
-            "targets": [a.to_dict() for a in selection.targets],
-            "skipped": [{**a.to_dict(), "reason": r} for a, r in selection.skipped],
+            "targets": [row(a) for a in selection.targets],
+            "skipped": [{**row(a), "reason": r} for a, r in selection.skipped],
         }, indent=2))
         return
     print_selection(selection)
     for a in selection.targets:
-        print(f"{a.id}  {visible(a.name):<30} {visible(a.state):<10} {visible(a.email)}")
-    print(f"{len(selection.targets)} target account(s), {len(selection.skipped)} left out.")
+        shown = f"{a.id}  {a.name:<24} {a.state:<8} {place.get(a.id, ('', ''))[1]:<32} {a.email}"
+        if tags is not None:
+            shown += "  " + " ".join(f"{k}={v}" for k, v in sorted(tags.get(a.id, {}).items()))
+        print(visible(shown))
+    print(f"{len(selection.targets)} target account(s), {len(selection.skipped)} left out."
+          + ("" if tags is not None else " (--tags shows their tags)"))
+
+
+def _read_tags(org: Organization, listed: list[Account]) -> dict[str, dict[str, str]]:
+    """Every listed account's tags, with a progress display on a terminal for large organizations."""
+    found: dict[str, dict[str, str]] = {}
+    if len(listed) < 50 or not sys.stderr.isatty():
+        return {a.id: org.tags(a.id) for a in listed}
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("tags"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        job = bar.add_task("tags", total=len(listed))
+        for a in listed:
+            found[a.id] = org.tags(a.id)
+            bar.advance(job)
+    return found
+
+
+@app.command(epilog=epilog(READ_EXITS, "orgrunner ous", "orgrunner ous --format json"))
+def ous(
+    output: Annotated[str, _format("text", "json")] = "text",
+    profile: Profile = None, operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None,
+    mfa_token: MfaTokenOpt = None, config: ConfigOpt = None, sandbox: SandboxOpt = False,
+) -> None:
+    """The organization's OU tree: each root and OU with its id, its accounts directly in it and
+    in all (the ids `--ou` takes)."""
+    settings = load_settings(config)
+    session, _ = caller_session(Hop(profile, operator_role_arn, mfa_serial, mfa_token, settings.session_duration))
+    units = Organization(session).tree()
+    if output == "json":
+        print(json.dumps([{"id": u.id, "name": u.name, "parent": u.parent, "path": u.path,
+                           "accounts": len(u.accounts), "accounts_in_all": u.total(units)} for u in units], indent=2))
+        return
+    def show(unit: OrgUnit, depth: int) -> None:
+        print(visible(f"{'  ' * depth}{unit.name}  {unit.id}  {len(unit.accounts)} account(s) directly, "
+                      f"{unit.total(units)} in all"))
+        for child in (u for u in units if u.parent == unit.id):
+            show(child, depth + 1)
+
+    for root in (u for u in units if u.parent is None):
+        show(root, 0)
 
 
 @app.command("tasks", epilog=epilog(LOCAL_EXITS, "orgrunner tasks", "orgrunner tasks --tasks-dir mytasks"))
@@ -324,8 +391,8 @@ def describe(
     print(visible(f"{cls.name}: {cls.description}"))
     kind = "destructive" if cls.destructive else "by plan (relaxing changes are destructive)"
     print(f"kind: {kind}, {'regional' if cls.regional else 'global'}")
-    if cls.config_file:
-        print(visible(f"config file: {config_dir(config) / cls.config_file}"))
+    for line in config_note(cls, config_dir(config)):
+        print(visible(line))
     doc = cls.doc
     if doc:
         print()
@@ -337,6 +404,16 @@ def describe(
         print(json.dumps(session_policy(cls, phase), indent=2))
 
 
+def config_note(spec: TaskSpec, folder: Path) -> list[str]:
+    """Which config file a task reads, or that there is none and its built-in defaults apply."""
+    if not spec.config_file:
+        return []
+    path = folder / spec.config_file
+    if path.is_file():
+        return [f"config file: {path}"]
+    return [f"config file: {path} not found: the task's built-in defaults apply"]
+
+
 def _format(*allowed: str, help: str | None = None) -> Any:
     """`--format`, checked while the command line is parsed (before anything is read)."""
 
@@ -346,13 +423,26 @@ def _format(*allowed: str, help: str | None = None) -> Any:
             raise InputError(f"--format {value!r}: expected {', '.join(words[:-1])} or {words[-1]}")
         return value
 
-    help_text = {"run": "text, or json: one machine-readable summary on stdout (the per-target lines go to "
+    help_text = {"run": "text; json: one machine-readable summary on stdout; markdown: the plan as a Markdown "
+                 "document on stdout, for a change ticket (with json and markdown, the per-target lines go to "
                  "stderr).", "accounts": "text: a table; json: one document on stdout."}
     return typer.Option("--format", metavar="[" + "|".join(w for w in allowed if w != "table") + "]", callback=check,
                         help=help or help_text["accounts" if "table" in allowed else "run"])
 
 
-FormatOpt = Annotated[str, _format("text", "json")]
+FormatOpt = Annotated[str, _format("text", "json", "markdown")]
+
+
+def _details(value: str) -> str:
+    if value not in DETAILS:
+        raise InputError(f"--details {value!r}: expected none, risky or all")
+    return value
+
+
+DetailsOpt = Annotated[str, typer.Option(
+    "--details", metavar="[none|risky|all]", callback=_details,
+    help="Which changes the plan lists under its summary: none, risky (those that need a look first: the task "
+    "flags them, or they relax security) or all.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report", metavar="FILE", dir_okay=False,
                                                 help="Write one JSON line per account x region.")]
 AuditOpt = Annotated[Path | None, typer.Option("--audit-log", metavar="FILE", help="Audit log file "
@@ -409,7 +499,10 @@ class Common:
         call), then run it."""
         launch = dataclasses.replace(launch, duration=self.settings.session_duration)
         with self.workers(launch) as workers:
-            self._execute(workers.start(1), workers)
+            spec = workers.start(1)
+            for line in config_note(spec, launch.config_dir):
+                err(line)
+            self._execute(spec, workers)
 
     def workers(self, launch: Launch) -> Workers:
         return Workers(dataclasses.replace(launch, duration=self.settings.session_duration), self.settings.concurrency,
@@ -431,7 +524,7 @@ class Common:
 
 
 def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | None, chosen: Selectors,
-           region: list[str] | None, config: Path | None, hop: Hop, output: str, report: Path | None,
+           region: list[str] | None, config: Path | None, hop: Hop, output: str, details: str, report: Path | None,
            audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
            role_name: str | None = None, concurrency: int | None = None, processes: int | None = None,
            follow_symlinks: bool = False) -> Common:
@@ -450,8 +543,9 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
     StateFolder(state_dir())  # ours alone, or refused now, before any AWS call
     hop.duration = settings.session_duration
     options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok), report=report,
-                         output_format="json" if output == "json" else "text", wait_for_lock=wait_for_lock,
-                         command=command, follow_symlinks=follow_symlinks)
+                         output_format="json" if output == "json" else "markdown" if output == "markdown" else "text",
+                         details="all" if details == "all" else "none" if details == "none" else "risky",
+                         wait_for_lock=wait_for_lock, command=command, follow_symlinks=follow_symlinks)
     return Common(settings, hop, chosen, regions, options, allow_long_term)
 
 
@@ -504,6 +598,7 @@ def run(
     concurrency: ConcurrencyOpt = None,
     processes: ProcessesOpt = None,
     output: FormatOpt = "text",
+    details: DetailsOpt = "risky",
     report: ReportOpt = None,
     plan_out: Annotated[Path | None, typer.Option("--plan-out", metavar="FILE", dir_okay=False,
                                                   help="Save the plan (dry run) for review and "
@@ -547,7 +642,7 @@ def run(
         chosen.include_management = True  # the earlier run chose its accounts; retry exactly those
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
-                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
+                    output=output, details=details, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
                     allow_long_term=allow_long_term,
                     follow_symlinks=follow_symlinks, command="run", role_name=role_name, concurrency=concurrency,
                     processes=processes)
@@ -568,6 +663,7 @@ def apply(
     concurrency: ConcurrencyOpt = None,
     processes: ProcessesOpt = None,
     output: FormatOpt = "text",
+    details: DetailsOpt = "risky",
     report: ReportOpt = None,
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
@@ -588,8 +684,8 @@ def apply(
     chosen = selectors(targets, None, None, None, include_management=True, include_protected=include_protected)
     shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
-                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term,
+                    output=output, details=details, report=report, audit_log=audit_log,
+                    wait_for_lock=wait_for_lock, allow_long_term=allow_long_term,
                     follow_symlinks=follow_symlinks, command="apply", role_name=saved.role_name,
                     concurrency=concurrency, processes=processes)
     shared.options.expected = saved
@@ -608,6 +704,7 @@ def undo(
     confirm_protected: ConfirmProtOpt = None,
     include_protected: ProtOpt = False,
     output: FormatOpt = "text",
+    details: DetailsOpt = "risky",
     report: ReportOpt = None,
     wait_for_lock: LockOpt = 0,
     audit_log: AuditOpt = None,
@@ -631,8 +728,8 @@ def undo(
     regions = sorted({c.region for c in applied if c.region != GLOBAL_REGION}) or None
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
-                    output=output, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
-                    allow_long_term=allow_long_term,
+                    output=output, details=details, report=report, audit_log=audit_log,
+                    wait_for_lock=wait_for_lock, allow_long_term=allow_long_term,
                     follow_symlinks=follow_symlinks, command=f"undo {run_id}", role_name=role_name)
     shared.options.lock_name = task_name
     shared.execute(Launch(task_name, tasks_dir, config_dir(config), undo=[c.to_dict() for c in applied]))
@@ -709,9 +806,9 @@ def report(
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     shared = common(arm=False, confirm_accounts=None, confirm_protected=None, chosen=chosen, region=region,
                     config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token), output="text",
-                    report=None, audit_log=audit_log, wait_for_lock=wait_for_lock, allow_long_term=False,
-                    command="report " + ",".join(names), role_name=role_name, concurrency=concurrency,
-                    processes=processes)
+                    details="risky", report=None, audit_log=audit_log, wait_for_lock=wait_for_lock,
+                    allow_long_term=False, command="report " + ",".join(names), role_name=role_name,
+                    concurrency=concurrency, processes=processes)
     with contextlib.ExitStack() as stack:  # each task loaded (and its config checked) in its own workers
         survey = []
         for name in names:
@@ -788,6 +885,75 @@ def doctor(
     print(f"{len(results) - failed} of {len(results)} account(s) ok; role {settings.role_name}.")
     if failed:
         raise typer.Exit(1)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+RunsFormatOpt = Annotated[str, _format("text", "json")]
+
+
+def _audit_path(audit_log: Path | None, config: Path | None) -> Path:
+    return audit_log or load_settings(config).audit_log or state_dir() / "audit.jsonl"
+
+
+@runs_app.callback(invoke_without_command=True,
+                   epilog=epilog(LOCAL_EXITS, "orgrunner runs", "orgrunner runs --limit 50 --format json",
+                                 "orgrunner runs show 20261129T190242Z-d25652"))
+def runs_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="How many runs, newest first.")] = 20,
+    output: RunsFormatOpt = "text",
+    audit_log: AuditOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Recent runs from the audit log: id, when, operator, task, mode, accounts changed, outcome,
+    and whether `orgrunner undo` can reverse it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = runs_module.recent(_audit_path(audit_log, config), state_dir(), limit)
+    if output == "json":
+        print(json.dumps([r.to_dict() for r in found], indent=2))
+        return
+    if not found:
+        print("no runs in the audit log yet")
+        return
+    print(f"{'run id':<24} {'started (UTC)':<20} {'task':<28} {'mode':<8} {'changed':>7}  {'undo':<4}  "
+          f"{'outcome':<16} operator")
+    for r in found:
+        print(visible(f"{r.run_id:<24} {r.started[:19].replace('T', ' '):<20} {r.task:<28} {r.mode:<8} "
+                      f"{len(r.accounts_changed):>7}  {'yes' if r.undoable else '-':<4}  {r.status[:16]:<16} "
+                      f"{r.operator}"))
+    print("(changed: accounts with applied changes; `orgrunner runs show RUN_ID` lists them)")
+
+
+@runs_app.command("show", epilog=epilog(LOCAL_EXITS, "orgrunner runs show 20261129T190242Z-d25652",
+                                        "orgrunner runs show 20261129T190242Z-d25652 --format json"))
+def runs_show(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id (see `orgrunner runs`).")],
+    output: RunsFormatOpt = "text",
+    audit_log: AuditOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """What one run changed: each change with its outcome, from the run's journal."""
+    entries = runs_module.changes(state_dir(), run_id)
+    run = runs_module.find(_audit_path(audit_log, config), state_dir(), run_id)
+    if run is None and not entries:
+        raise InputError(f"run {run_id}: not in the audit log and no journal (see `orgrunner runs`)")
+    if output == "json":
+        print(json.dumps({"run": run.to_dict() if run else None,
+                          "changes": [dataclasses.asdict(e) for e in entries]}, indent=2))
+        return
+    if run is not None:
+        print(visible(f"run {run.run_id}: {run.task} ({run.mode}) started {run.started} by {run.operator}; "
+                      f"{run.status}"))
+    for e in entries:
+        note = f": {e.error}" if e.error else ""
+        print(visible(f"{e.account} {e.region:<15} {e.status:<12} {e.summary}{note}"))
+    applied = sum(1 for e in entries if e.status == "applied")
+    print(f"{len(entries)} change(s) in the journal, {applied} applied." if entries else
+          "no journal: this run applied nothing.")
+    if applied:
+        print(f"Reverse: orgrunner undo {run_id} (a dry run first; --arm to restore)")
 
 
 # --- sandbox ----------------------------------------------------------------------------------

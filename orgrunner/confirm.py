@@ -61,16 +61,46 @@ def prompt_text(task: str, accounts: set[str]) -> str:
     return "To apply, type the ids of the accounts with planned changes (any order): "
 
 
-def confirm_interactive(task: str, accounts: set[str], ask: Callable[[str], str]) -> Armed:
-    """Ask once; the answer must name exactly these accounts (or count and task name)."""
-    answer = ask(prompt_text(task, accounts)).strip()
+MAX_ATTEMPTS = 3
+
+
+def mismatch(task: str, accounts: set[str], answer: str) -> str | None:
+    """What is wrong with a typed confirmation (None: it names exactly these accounts)."""
     if len(accounts) > MAX_IDS_TO_TYPE:
-        ok = " ".join(answer.split()) == expected_answer(task, accounts)
-    else:
-        ok = set(re.split(r"[\s,]+", answer)) - {""} == accounts
-    if not ok:
-        raise SafetyRefusal("confirmation did not match the accounts with planned changes; nothing applied")
-    return Armed(_KEY, task, accounts)
+        if " ".join(answer.split()) == expected_answer(task, accounts):
+            return None
+        return f"expected the number of accounts and the task name, '<count> {task}'"
+    words = set(re.split(r"[\s,]+", answer)) - {""}
+    if words == accounts:
+        return None
+    ids = {w for w in words if ACCOUNT_ID.match(w)}
+    missing, extra, other = sorted(accounts - ids), sorted(ids - accounts), len(words - ids)
+    parts = ([f"missing {len(missing)}: {', '.join(missing)}"] if missing else []) + (
+        [f"not to be changed {len(extra)}: {', '.join(extra)}"] if extra else []) + (
+        [f"{other} word(s) that are not account ids"] if other else [])
+    return "; ".join(parts) or "no account ids typed"
+
+
+def confirm_interactive(task: str, accounts: set[str], ask: Callable[[str], str],
+                        tell: Callable[[str], None] | None = None,
+                        on_attempt: Callable[[int, str | None], None] | None = None) -> Armed:
+    """Ask up to MAX_ATTEMPTS times (the plan stays as it is); the answer must name exactly these
+    accounts (or the count and the task name). A wrong answer is explained (`tell`: which ids are
+    missing or extra); `on_attempt(number, problem)` records every attempt. End of input refuses."""
+    problem: str | None = "no answer"
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        raw = ask(prompt_text(task, accounts))
+        problem = mismatch(task, accounts, raw.strip()) if raw else "no answer (end of input)"
+        if on_attempt is not None:
+            on_attempt(attempt, problem)
+        if problem is None:
+            return Armed(_KEY, task, accounts)
+        if not raw or attempt == MAX_ATTEMPTS:
+            break
+        if tell is not None:
+            tell(f"That does not match: {problem}. {MAX_ATTEMPTS - attempt} attempt(s) left.")
+    raise SafetyRefusal(f"confirmation did not match the accounts with planned changes ({problem}); "
+                        "nothing applied")
 
 
 def confirm_listed(task: str, accounts: set[str], targets: set[str], listed: set[str]) -> Armed:

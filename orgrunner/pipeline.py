@@ -42,6 +42,7 @@ from orgrunner.journal import Journal
 from orgrunner.lock import RunLock
 from orgrunner.planfile import SavedPlan, drift
 from orgrunner.policy import render, session_policy
+from orgrunner.present import Details, PlanView
 from orgrunner.report import Reporter, merged
 from orgrunner.runner import Outcome, TargetResult
 from orgrunner.settings import Settings, state_dir
@@ -74,7 +75,8 @@ class RunOptions:
     arm: bool = False
     stated: Confirmation = field(default_factory=Confirmation)
     report: Path | None = None
-    output_format: Literal["text", "json"] = "text"
+    output_format: Literal["text", "json", "markdown"] = "text"
+    details: Details = "risky"
     fail_on_changes: bool = False
     plan_out: Path | None = None
     wait_for_lock: float = 0
@@ -122,8 +124,9 @@ class Pipeline:
                 audit = AuditLog(self.settings.audit_log, self.run_id, follow_symlinks=follow)
             else:
                 audit = AuditLog(state / "audit.jsonl", self.run_id, state=StateFolder(state))
-            out = sys.stderr if self.options.output_format == "json" else sys.stdout
-            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow)
+            out = sys.stdout if self.options.output_format == "text" else sys.stderr
+            view = PlanView(task_destructive=self.cls.destructive, details=self.options.details)
+            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow, view)
             self.journal = Journal(state, self.run_id, self.cls.name, self.cls.version)
             audit.event("run-start", task=self.cls.name, command=self.options.command, mode=self.mode,
                         operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
@@ -175,27 +178,34 @@ class Pipeline:
         keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
         plan, planned_ok = self._plan(keep)
         reporter = self.reporter
-        reporter.echo(reporter.plan_summary())
+        markdown = self.options.output_format == "markdown"
+        if not markdown:
+            reporter.show_plan(reporter.plan_summary())
         plan_failed = reporter.tallies["plan"].failed > 0
         if self.options.plan_out is not None:
             self._save(plan, planned_ok)
         if self.options.expected is not None:
             self._check_drift(plan, plan_failed)
-        if not self.options.arm:
-            reporter.echo("Dry run: nothing was changed. Run again with --arm to apply.")
+        if not self.options.arm or not plan:
+            final = self.final_lines(applied=False)
+            if markdown:
+                self._markdown(final)
+            for line in final:
+                reporter.echo(line)
             if plan_failed:
                 return EXIT_TARGETS_FAILED
             pending = reporter.tallies["plan"].changes > 0
             return EXIT_CHANGES_PENDING if self.options.fail_on_changes and pending else EXIT_OK
-        if not plan:
-            reporter.echo("No planned changes: nothing to apply.")
-            return EXIT_TARGETS_FAILED if plan_failed else EXIT_OK
+        if markdown:
+            self._markdown([])
         armed = self._confirm(plan)
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
         with reporter.progress("apply", sum(1 for c in plan.values() if c)):
             self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
                           reporter.result)
         reporter.echo(reporter.apply_summary())
+        for line in self.final_lines(applied=True):
+            reporter.echo(line)
         return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
 
     def _survey(self) -> int:
@@ -217,6 +227,50 @@ class Pipeline:
             total.tallies["plan"] = merged(total.tallies["plan"], self.reporter.tallies["plan"])
         self.reporter = total  # the run's end records the tallies of every task together
         return EXIT_TARGETS_FAILED if total.tallies["plan"].failed else EXIT_OK
+
+    def _markdown(self, final: list[str]) -> None:
+        """`--format markdown`: the plan as one Markdown document on stdout (for a change ticket)."""
+        kind = "armed run" if self.options.arm else "dry run"
+        title = f"orgrunner plan: {self.cls.name} ({kind} {self.run_id})"
+        for line in self.reporter.view.markdown(title, self.reporter.plan_summary(), final):
+            print(scrub(line), flush=True)
+
+    def final_lines(self, applied: bool) -> list[str]:
+        """What happened, with the run id, and the true next step (after a blank line)."""
+        plan, apply = self.reporter.tallies["plan"], self.reporter.tallies["apply"]
+        run = f"Run {self.run_id}"
+        retry = self._retry_hint()
+        if applied:
+            done = apply.outcomes.get("applied", 0)
+            lines = ["", f"{run}: {done} change(s) applied in {len(apply.accounts)} account(s)."]
+            if apply.failed or plan.failed:
+                lines.append(f"Next: fix what failed above, then {retry}.")
+            if done:
+                supports_undo = self.cls.undoable
+                lines.append(f"Review: orgrunner runs show {self.run_id}" + (
+                    f"; reverse: orgrunner undo {self.run_id}" if supports_undo else ""))
+            return lines
+        failed = f"; {plan.failed} target(s) failed" if plan.failed else ""
+        if self.options.arm:
+            lines = ["", f"{run}: no planned changes: nothing to apply{failed}."]
+        elif not plan.changes:
+            lines = ["", f"Dry run: nothing was changed. {run}: nothing to do, no target needs a change{failed}."]
+        else:
+            lines = ["", f"Dry run: nothing was changed. {run}: {plan.changes} change(s) planned in "
+                     f"{len(plan.accounts_with_changes)} account(s){failed}."]
+        if plan.failed:
+            lines.append(f"Next: fix what failed above, then {retry}.")
+        elif plan.changes and self.options.plan_out is not None:
+            lines.append(f"Next: review {self.options.plan_out}, then: orgrunner apply {self.options.plan_out}")
+        elif plan.changes and self.options.expected is None:
+            lines.append("Next: to apply, run the same command with --arm instead of --dry-run.")
+        return lines
+
+    def _retry_hint(self) -> str:
+        if self.options.report is not None:
+            return f"orgrunner run {self.cls.name} --retry-failed {self.options.report}" + (
+                " --arm" if self.options.arm else "")
+        return "run the same command again (with --report FILE, --retry-failed FILE reruns only the failed targets)"
 
     def _plan(self, keep: bool, observe: Callable[[TaskSpec, TargetResult], None] | None = None,
               ) -> tuple[dict[Target, list[Change]], list[Target]]:
@@ -262,8 +316,9 @@ class Pipeline:
     def _record(self, target: Target, outcome: Outcome) -> None:
         """Called (from the thread reading a worker) the moment a change was applied (or failed)."""
         self.journal.record(outcome.status, outcome.change, outcome.error)
-        self.reporter.applied({"account": target.account_id, "region": target.region, "status": outcome.status,
-                               "error": outcome.error, "change": outcome.change.to_dict()})
+        # the audit log keeps a summary and the digest; the change in full is in the journal
+        self.reporter.applied({**outcome.change.brief(), "account": target.account_id, "region": target.region,
+                               "status": outcome.status, "error": outcome.error})
 
     def _save(self, plan: dict[Target, list[Change]], planned_ok: list[Target]) -> None:
         assert self.options.plan_out is not None
@@ -309,8 +364,18 @@ class Pipeline:
         if not interactive:
             raise SafetyRefusal("an armed run without a terminal needs --confirm-accounts naming the accounts "
                                 f"with planned changes ({len(accounts)}); nothing applied")
-        err(f"{name} will change {len(accounts)} account(s): {', '.join(sorted(accounts))}")
-        return confirm_interactive(name, accounts, _ask)
+        err(f"{name} will change {len(accounts)} account(s):")
+        view = self.reporter.view
+        for account_id in sorted(accounts):
+            c = view.accounts.get(account_id)
+            if c is not None:
+                err(f"  {account_id} {visible(c.name or '-'):<30} {c.changes} change(s), {c.destructive} destructive, "
+                    f"{c.risky} need a look")
+        def attempt(number: int, problem: str | None) -> None:
+            self.reporter.audit.event("confirmation-attempt", task=name, attempt=number, matched=problem is None,
+                                      problem=problem)
+
+        return confirm_interactive(name, accounts, _ask, tell=err, on_attempt=attempt)
 
 
 def _ask(prompt: str) -> str:

@@ -1,6 +1,10 @@
 """Results as they arrive: the terminal, the JSON lines report (`--report`) and the audit log.
 
-Nothing is accumulated here but counters, so memory does not grow with the number of targets.
+Nothing is accumulated here but counters (and the plan's details, spooled to a file by
+`present.PlanView`), so memory does not grow with the number of targets.
+
+One console owns the terminal while a progress display is live: every line is printed through
+it, above the display, so a result line is never glued onto a fragment of the display.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from orgrunner.audit import AuditLog, scrub
 from orgrunner.aws import RETRIES
 from orgrunner.errors import InputError
 from orgrunner.escape import visible
+from orgrunner.present import PlanView
 from orgrunner.runner import TargetResult
 from orgrunner.statefiles import open_file
 
@@ -52,17 +57,19 @@ def summarize(t: Tally) -> dict[str, object]:
 
 class Reporter:
     def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None,
-                 follow_symlinks: bool = False) -> None:
+                 follow_symlinks: bool = False, view: PlanView | None = None) -> None:
         self.task = task
         self.run_id = run_id
         self.out = out
         self.audit = audit
+        self.view = view or PlanView(task_destructive=True)
         self.tallies: dict[str, Tally] = {"plan": Tally(), "apply": Tally()}
         self._report: IO[str] | None = None
         self.failed_targets: list[dict[str, str | None]] = []
         self._advance: Callable[[TargetResult], None] = lambda _: None
         self.report_path = report_path
         self.report_error: str | None = None  # the report could not be written: the run cannot exit 0
+        self._console: Any = None  # the live display's console, while it owns the terminal
         if report_path is not None:
             try:
                 report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +78,12 @@ class Reporter:
             self._report = open_file(report_path, "a", follow_symlinks=follow_symlinks, flag="--report")
 
     def echo(self, line: str = "") -> None:
-        print(visible(scrub(line)), file=self.out, flush=True)
+        text = visible(scrub(line))
+        console = self._console
+        if console is not None and console.file is self.out:  # above the live display, never into it
+            console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            print(text, file=self.out, flush=True)
 
     def result(self, result: TargetResult) -> None:
         if self._report is not None:  # the file first: an interrupt while printing must not lose it
@@ -94,6 +106,8 @@ class Reporter:
             tally.failed_accounts.add(target.account_id)
             self.failed_targets.append({"account": target.account_id, "region": target.region,
                                         "phase": result.phase, "error": result.error})
+            if result.phase == "plan":
+                self.view.failed(target)
             self.echo(f"{head} FAILED: {result.error}")
         elif result.status == "skipped":
             tally.skipped += 1
@@ -113,18 +127,16 @@ class Reporter:
         tally.changes += len(result.changes)
         if result.changes:
             tally.accounts_with_changes.add(result.target.account_id)
-        self.echo(f"{head} {len(result.changes)} change(s)" if result.changes else f"{head} no changes")
+        self.view.add(result.target, result.changes)  # printed when the plan is complete: summary first
         for change in result.changes:
-            self.echo(f"    ~ {change.summary}" + (" (destructive)" if change.destructive else ""))
-            for line in change.details:
-                self.echo(f"        - {line}")
-            self.audit.event("planned", task=self.task, change=change.to_dict())
+            self.audit.event("planned", task=self.task, **change.brief())
 
     def _applied(self, result: TargetResult, tally: Tally, head: str) -> None:
         for outcome in result.outcomes:
             tally.outcomes[outcome.status] = tally.outcomes.get(outcome.status, 0) + 1
             note = f": {outcome.error}" if outcome.error else ""
-            self.echo(f"{head} {outcome.status}: {outcome.change.resource} {outcome.change.action}{note}")
+            self.echo(f"{head} {outcome.status}: {outcome.change.resource} {outcome.change.action}"
+                      f"{note}")
         if result.status == "ok":
             tally.changes += len(result.outcomes)
 
@@ -135,10 +147,21 @@ class Reporter:
     def tally_dict(self, phase: str) -> dict[str, object]:
         return summarize(self.tallies[phase])
 
+    def show_plan(self, headline: str) -> None:
+        """The complete plan for the terminal: the headline, the summary, then the details."""
+        self.echo(headline)
+        for line in self.view.summary_lines():
+            self.echo(line)
+        for line in self.view.detail_lines():
+            self.echo(line)
+
     @contextlib.contextmanager
     def progress(self, phase: str, estimate: int, discovered: Callable[[], int] | None = None) -> Iterator[None]:
-        """A live progress display on stderr, only when stderr is a terminal and the output is text."""
-        if not (sys.stderr.isatty() and self.out is sys.stdout):
+        """A live progress display on the terminal the results go to (or else on stderr when it is
+        one). Its console owns that terminal meanwhile: `echo` and anything written to
+        sys.stdout/sys.stderr there is printed above the display; the display is gone at the end."""
+        streams = [s for s in (self.out, sys.stderr) if _is_terminal(s)]
+        if not streams:
             yield
             return
         from rich.console import Console
@@ -147,7 +170,12 @@ class Reporter:
         tally = self.tallies[phase]
         columns = (TextColumn(f"{phase}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[failed]} failed, {task.fields[rate]}/s"), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        console = Console(file=streams[0], markup=False, highlight=False, emoji=False)
+        # Only streams on the display's terminal are redirected through its console.
+        same = {id(s) for s in (sys.stdout, sys.stderr) if _is_terminal(s) and _same_terminal(s, streams[0])}
+        with Progress(*columns, console=console, transient=True, redirect_stdout=id(sys.stdout) in same,
+                      redirect_stderr=id(sys.stderr) in same) as bar:
+            self._console = console
             job = bar.add_task(phase, total=max(estimate, 1), failed=0, rate="-")
 
             def advance(_: TargetResult) -> None:
@@ -162,6 +190,7 @@ class Reporter:
                 yield
             finally:
                 self._advance = lambda _: None
+                self._console = None
 
     def plan_summary(self) -> str:
         t = self.tallies["plan"]
@@ -182,6 +211,7 @@ class Reporter:
                 f"{t.failed} target(s) failed{self._retries()}.")
 
     def close(self) -> None:
+        self.view.close()
         if self._report is not None:
             report, self._report = self._report, None
             try:
@@ -189,3 +219,19 @@ class Reporter:
             except OSError as exc:
                 self.report_error = f"--report {self.report_path}: {exc.strerror or exc}; the report is incomplete"
                 print(visible(self.report_error), file=sys.stderr, flush=True)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _same_terminal(a: IO[str], b: IO[str]) -> bool:
+    import os
+
+    try:
+        return os.path.samestat(os.fstat(a.fileno()), os.fstat(b.fileno()))
+    except (AttributeError, OSError, ValueError):
+        return a is b

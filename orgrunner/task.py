@@ -8,9 +8,11 @@ an `apply` that performs exactly one planned change. The engine does everything 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import pkgutil
 import re
 import sys
@@ -48,6 +50,8 @@ class Change:
     `before` is what the plan saw and `apply` must still find; `after` is the wanted state;
     `undo` holds what is needed to reverse the change once applied. `destructive` is decided by
     the plan: a change that relaxes security is destructive even in a task that usually tightens.
+    `risk`, when not empty, says in a few words why a reviewer must look at this change first
+    ("ingress open to the internet"): the task decides it; the plan shows such changes first.
     """
 
     account_id: str
@@ -60,9 +64,24 @@ class Change:
     after: Any = None
     undo: Any = None
     destructive: bool = True
+    risk: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def digest(self) -> str:
+        """SHA-256 of the change's canonical JSON (keys sorted, no spaces, UTF-8): the audit log keeps
+        this for each applied change, the journal the change itself, so one can be checked against
+        the other."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                               default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def brief(self) -> dict[str, Any]:
+        """What the audit log keeps of a change: where, what, in a line, and the digest of the whole."""
+        return {"account": self.account_id, "region": self.region, "resource": self.resource,
+                "action": self.action, "summary": self.summary, "destructive": self.destructive,
+                **({"risk": self.risk} if self.risk else {}), "sha256": self.digest()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
@@ -144,8 +163,10 @@ class TaskContext:
         return self._cache[service]
 
     def change(self, resource: str, action: str, summary: str, *, details: Iterable[str] = (),
-               before: Any = None, after: Any = None, undo: Any = None, destructive: bool | None = None) -> Change:
-        """A `Change` for this target; `destructive` defaults to the task's declaration."""
+               before: Any = None, after: Any = None, undo: Any = None, destructive: bool | None = None,
+               risk: str = "") -> Change:
+        """A `Change` for this target; `destructive` defaults to the task's declaration; `risk` is
+        a few words saying why a reviewer must see this change first (empty: an ordinary change)."""
         return Change(
             account_id=self.target.account_id,
             region=self.target.region,
@@ -157,6 +178,7 @@ class TaskContext:
             after=after,
             undo=undo,
             destructive=self.task.destructive if destructive is None else destructive,
+            risk=risk,
         )
 
 

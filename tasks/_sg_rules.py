@@ -33,9 +33,32 @@ def _ports(rule: dict[str, Any]) -> str:
     return f"{rule.get('IpProtocol')} {low}" if low == high else f"{rule.get('IpProtocol')} {low}-{high}"
 
 
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+def open_to_world(rule: dict[str, Any]) -> bool:
+    """Ingress from anywhere on the internet (0.0.0.0/0 or ::/0)."""
+    return not rule.get("IsEgress") and _peer(rule) in WORLD
+
+
 def describe_rule(rule: dict[str, Any]) -> str:
     direction = "egress to" if rule.get("IsEgress") else "ingress from"
-    return f"{rule.get('SecurityGroupRuleId')}: {_ports(rule)} {direction} {_peer(rule)}"
+    line = f"{rule.get('SecurityGroupRuleId')}: {_ports(rule)} {direction} {_peer(rule)}"
+    return f"{line} (open to the internet)" if open_to_world(rule) else line
+
+
+def risk_of(rules: list[dict[str, Any]]) -> str:
+    """Why a reviewer must see a change of these rules first ("" when nothing is exposed)."""
+    exposed = [r for r in rules if open_to_world(r)]
+    if not exposed:
+        return ""
+    ports = ", ".join(sorted(_ports(r) for r in exposed))
+    return f"{len(exposed)} ingress rule(s) open to the internet ({ports})"
+
+
+def ordered(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rules for reading: the exposed ones first, then by id."""
+    return sorted(rules, key=lambda r: (not open_to_world(r), _ports(r), r["SecurityGroupRuleId"]))
 
 
 def permission(rule: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from orgrunner.aws import call, error_code, paginate
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
 
-from ._sg_rules import content, default_group, describe_rule, permission, rules_of
+from ._sg_rules import content, default_group, describe_rule, ordered, permission, risk_of, rules_of
 
 
 @register
@@ -56,10 +56,11 @@ class StripDefaultSecurityGroups(Task):
                 action="revoke-rules",
                 summary=(f"{group['GroupId']} (default of {group['VpcId']}): remove {ingress} ingress and "
                          f"{len(rules) - ingress} egress rule(s)"),
-                details=[describe_rule(r) for r in rules],
+                details=[describe_rule(r) for r in ordered(rules)],
                 before={"group_id": group["GroupId"], "vpc_id": group["VpcId"], "rules": rules},
                 after={"group_id": group["GroupId"], "vpc_id": group["VpcId"], "rules": []},
                 undo={"group_id": group["GroupId"], "rules": rules},
+                risk=risk_of(rules),
             ))
         return changes
 
@@ -84,9 +85,10 @@ class StripDefaultSecurityGroups(Task):
                 changes.append(ctx.change(
                     resource=group_id, action="restore-rules",
                     summary=f"{group_id} (default of {vpc_id}): restore {len(rules)} rule(s) removed by the run",
-                    details=[describe_rule(r) for r in rules],
+                    details=[describe_rule(r) for r in ordered(rules)],
                     before={"group_id": group_id, "vpc_id": vpc_id, "rules": []},
                     after={"group_id": group_id, "vpc_id": vpc_id, "rules": rules},
+                    risk=risk_of(rules),  # restoring them opens these again
                 ))
         return changes
 

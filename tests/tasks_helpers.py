@@ -45,11 +45,11 @@ def run_cli(emulator: EmulatorClient, tmp: Path, task: str, account: str, *args:
     """`orgrunner run TASK --account ACCOUNT --region R... ARGS` as a subprocess against the emulator."""
     report = tmp / f"report-{len(list(tmp.glob('report-*')))}.jsonl"
     cmd = [str(ORGRUNNER), "run", task, "--account", account, "--audit-log", str(tmp / "audit.jsonl"),
-           "--report", str(report), *[a for r in regions for a in ("--region", r)], *args]
+           "--report", str(report), "--details", "all", *[a for r in regions for a in ("--region", r)], *args]
     if config is not None:
         cmd += ["--config", str(config)]
-    done = subprocess.run(cmd, env=emulator.env(), capture_output=True, text=True, timeout=120, cwd=tmp,
-                          check=False)
+    env = {**emulator.env(), "XDG_STATE_HOME": str(tmp / "state")}  # journal and locks: never the operator's
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp, check=False)
     lines = report.read_text().splitlines() if report.exists() else []
     return CliRun(done.returncode, done.stdout, done.stderr, [json.loads(line) for line in lines])
 

@@ -75,11 +75,12 @@ def test_an_account_name_cannot_wipe_another_accounts_plan_or_forge_the_summary(
     victim = org.accounts["dev-app-1"]
     evil = add_account(emulator, CLEAR_AND_FORGE)
     result = cli.run("run", "strip-default-sg", "--account", victim, "--account", evil, "--region", REGION,
-                     "--concurrency", "1")
+                     "--concurrency", "1", "--details", "all")
     assert result.returncode == 0, result.stderr
     screen = rendered(result.stdout)
     shown = "\n".join(screen)
-    assert any(line.startswith(victim) and "1 change(s)" in line for line in screen), shown
+    assert any(line.startswith(f"  {victim} dev-app-1 ") and " 1 " in line for line in screen), shown  # summary row
+    assert any(line.startswith(f"{victim} ") for line in screen), shown  # its details
     assert sum(1 for line in screen if line.strip().startswith("- sgr-") and " ingress from " in line) == 4, shown
     assert [line for line in screen if line.startswith("Plan:")] == [
         line for line in screen if line.startswith("Plan: 2 account(s)")], shown  # only the real summary

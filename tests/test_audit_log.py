@@ -14,6 +14,7 @@ from typing import Any
 
 from orgrunner.audit import AuditLog
 from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.task import Change
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 
@@ -142,8 +143,14 @@ def test_a_run_is_recorded_in_full_and_without_secrets(cli: Cli, emulator: Emula
     (planned,) = [e for e in armed if e["event"] == "planned"]
     (applied,) = [e for e in armed if e["event"] == "applied"]
     assert applied["status"] == "applied" and applied["account"] == account
-    removed = applied["change"]["before"]["rules"]
-    assert removed == planned["change"]["before"]["rules"] and len(removed) == 5
+    # the audit log keeps what an auditor reads and the digest; the journal the change in full
+    assert "change" not in applied and "change" not in planned and applied["summary"] == planned["summary"]
+    journal = [json.loads(line) for line in
+               (cli.home / "state" / "orgrunner" / "journal" / f"{run_id}.jsonl").read_text().splitlines()]
+    (done,) = [e for e in journal if e["status"] == "applied"]
+    assert Change.from_dict(done["change"]).digest() == applied["sha256"] == planned["sha256"]
+    removed = done["change"]["before"]["rules"]
+    assert len(removed) == 5
     assert all({"SecurityGroupRuleId", "IpProtocol", "FromPort", "ToPort", "IsEgress"} <= set(r) for r in removed)
 
     state = cli.home / "state" / "orgrunner"

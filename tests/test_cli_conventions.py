@@ -21,7 +21,7 @@ from tests.emulator.client import EmulatorClient
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [("whoami",), ("accounts",), ("tasks",), ("policy",), ("describe",), ("run",), ("apply",), ("undo",),
-            ("doctor",), ("sandbox", "serve")]
+            ("doctor",), ("sandbox", "serve"), ("runs",), ("runs", "show"), ("ous",)]
 RUNS = {("run",), ("apply",), ("undo",)}
 
 
@@ -74,7 +74,7 @@ def test_format_takes_the_same_words_everywhere(cli: Cli, emulator: EmulatorClie
         help_text = cli.run(*command[:1], "--help").stdout
         assert "--format [text|json" in help_text, command
         bad = cli.run(*command, "--format", "xml")
-        assert bad.returncode == 2 and "expected text or json" in bad.stderr, (command, bad.stderr)
+        assert bad.returncode == 2 and "--format 'xml': expected text" in bad.stderr, (command, bad.stderr)
     assert emulator.requests() == []
 
 

@@ -61,7 +61,9 @@ def test_interactive_prompt_names_the_accounts_and_the_exact_ids_apply(cli: Cli,
                                                                        emulator: EmulatorClient) -> None:
     targeted = sorted([org.accounts["dev-app-1"], org.accounts["sandbox-2"]])
     child, shown = spawn_to_prompt(cli, "--account", targeted[0], "--account", targeted[1], "--region", "us-east-1")
-    assert f"{TASK} will change 2 account(s): {targeted[0]}, {targeted[1]}" in shown
+    assert f"{TASK} will change 2 account(s):" in shown  # what is confirmed, shown above the prompt
+    for account in targeted:
+        assert re.search(rf"^  {account} \S+ +1 change\(s\), 1 destructive, 1 need a look\r?$", shown, re.M), shown
     assert "ids of the accounts" in shown
     assert "yes" not in PROMPT.search(shown).group(0)  # type: ignore[union-attr]
     child.sendline(f"{targeted[1]}, {targeted[0]}")  # any order, commas or spaces
@@ -91,6 +93,9 @@ def test_every_wrong_interactive_answer_refuses_and_leaves_every_rule_in_place(c
         mark = len(emulator.requests())
         child, _ = spawn_to_prompt(cli, *args)
         child.sendline(answer)
+        for _ in range(2):  # three attempts in all, each answered wrong
+            child.expect(PROMPT)
+            child.sendline(answer)
         code, output = finish(child)
         assert code == 3, (why, output)
         assert "confirmation did not match" in output and "nothing applied" in output, (why, output)
@@ -101,6 +106,27 @@ def test_every_wrong_interactive_answer_refuses_and_leaves_every_rule_in_place(c
     assert len(refusals) == len(answers)
     assert all(e["status"].startswith("refused: ") for e in refusals)
     assert not [e for e in cli.audit() if e["event"] in ("confirmed", "applied")]
+
+
+def test_a_wrong_answer_is_explained_and_can_be_retyped_without_planning_again(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    targeted = sorted([org.accounts["dev-app-1"], org.accounts["sandbox-2"]])
+    stranger = org.accounts["prod-app-3"]
+    child, _ = spawn_to_prompt(cli, "--account", targeted[0], "--account", targeted[1], "--region", "us-east-1")
+    mark = len(emulator.requests())
+    child.sendline(f"{targeted[0]} {stranger} yes")
+    child.expect(PROMPT)
+    told = ANSI.sub("", child.before)
+    assert f"missing 1: {targeted[1]}" in told and f"not to be changed 1: {stranger}" in told, told
+    assert "1 word(s) that are not account ids" in told and "2 attempt(s) left" in told
+    assert new_requests(emulator, mark) == []  # nothing planned again, nothing written
+    child.sendline(" ".join(targeted))
+    code, output = finish(child)
+    assert code == 0, output
+    assert "Apply: 2 target(s) in 2 account(s): 2 applied" in output and output.count("Plan: ") == 0
+    attempts = [e for e in cli.audit() if e["event"] == "confirmation-attempt"]
+    assert [(e["attempt"], e["matched"]) for e in attempts] == [(1, False), (2, True)]
+    assert stranger in attempts[0]["problem"] and attempts[1]["problem"] is None
 
 
 def test_end_of_input_or_interrupt_at_the_prompt_applies_nothing(cli: Cli, org: SandboxOrg,
@@ -134,6 +160,9 @@ def test_more_than_ten_accounts_want_the_count_and_task_name(cli: Cli, emulator:
         child, shown = spawn_to_prompt(cli, *args)
         assert "number of accounts and the task name" in shown and "12 accounts" in shown, shown
         child.sendline(answer)
+        for _ in range(2):  # three attempts in all
+            child.expect(PROMPT)
+            child.sendline(answer)
         code, output = finish(child)
         assert code == 3, (why, output)
         assert_no_write(emulator, mark, why)

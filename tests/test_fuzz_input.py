@@ -166,10 +166,10 @@ def poisons(command: str, scratch: Path) -> st.SearchStrategy[list[str]]:
     if command in ("run", "doctor"):
         common += [option("--concurrency", BAD_INT), option("--role-name", BAD_ROLE)]
     if command == "accounts":
-        common.append(option("--format", TEXT.filter(lambda s: s not in ("table", "json"))))
+        common.append(option("--format", TEXT.filter(lambda s: s not in ("text", "table", "json"))))
     if command == "run":
         common += [
-            option("--format", TEXT.filter(lambda s: s not in ("text", "json"))),
+            option("--format", TEXT.filter(lambda s: s not in ("text", "json", "markdown"))),
             option("--region", BAD_REGION),
             st.just(["--dry-run", "--arm"]),
             st.just(["--arm", "--plan-out", str(scratch / "plan.json")]),

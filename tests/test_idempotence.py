@@ -61,7 +61,7 @@ def test_an_armed_run_repeated_changes_nothing_the_second_time(cli: Cli, org: Sa
     second = armed(cli, task, accounts, cli.home / "second.jsonl")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 change(s) in 0 account(s); 0 failed" in second.stdout
-    assert "No planned changes: nothing to apply." in second.stdout
+    assert ": no planned changes: nothing to apply." in second.stdout
     assert writes(new_requests(emulator, mark)) == []
     records = [json.loads(line) for line in (cli.home / "second.jsonl").read_text().splitlines()]
     assert records and all(r["phase"] == "plan" and r["status"] == "ok" and r["changes"] == [] for r in records)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.task import Change
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, assume_role, aws_client
 from tests.test_run_dry import SEEDED, ok, snapshot
@@ -132,14 +133,14 @@ def test_audit_log_of_a_dry_run(cli: Cli, org: SandboxOrg) -> None:
     assert end["task"] == TASK and end["mode"] == "dry-run" and end["status"] == "ok"
 
     planned = [e for e in events if e["event"] == "planned"]
-    assert sorted((e["change"]["account_id"], e["change"]["region"]) for e in planned) == sorted(
+    assert sorted((e["account"], e["region"]) for e in planned) == sorted(
         (a, r) for a in start["targets"] for r in SEEDED)  # one line per change: one default group each
-    assert all(e["task"] == TASK and e["change"]["before"]["rules"] for e in planned)
+    assert all(e["task"] == TASK and e["summary"] and len(e["sha256"]) == 64 and "change" not in e for e in planned)
     assert not [e for e in events if e["event"] in ("confirmed", "applied")]
 
 
-def test_audit_log_of_an_armed_run_keeps_every_removed_rule_in_full(cli: Cli, org: SandboxOrg,
-                                                                    emulator: EmulatorClient) -> None:
+def test_journal_of_an_armed_run_keeps_every_removed_rule_in_full(cli: Cli, org: SandboxOrg,
+                                                                  emulator: EmulatorClient) -> None:
     targeted = sorted(org.accounts[n] for n in ("sandbox-1", "sandbox-2"))
     before = snapshot(emulator.url, targeted, ["us-east-1"])
     ok(cli.run("run", TASK, "--arm", "--ou", org.ous["Sandbox"], "--region", "us-east-1",
@@ -155,17 +156,21 @@ def test_audit_log_of_an_armed_run_keeps_every_removed_rule_in_full(cli: Cli, or
     applied = [e for e in events if e["event"] == "applied"]
     assert len(planned) == len(applied) == 2
     assert sorted(e["account"] for e in applied) == targeted
+    journal = {e["change"]["account_id"]: e["change"] for e in read_jsonl(
+        next((cli.home / "state" / "orgrunner" / "journal").glob("*.jsonl"))) if e["status"] == "applied"}
     for entry in applied:
         assert entry["status"] == "applied" and entry["region"] == "us-east-1" and entry["error"] is None
-        rules = entry["change"]["before"]["rules"]
+        assert "change" not in entry  # the audit log: a summary and the digest of the journal's change
+        assert Change.from_dict(journal[entry["account"]]).digest() == entry["sha256"]
+        rules = journal[entry["account"]]["before"]["rules"]
         live_before = before[(entry["account"], "us-east-1")]
         assert {r["SecurityGroupRuleId"] for r in rules} == set(live_before)
         assert sorted(map(rule_content, rules)) == sorted(map(rule_content, live_before.values()))
     assert snapshot(emulator.url, targeted, ["us-east-1"]) == {k: {} for k in before}
 
-    # the audit log alone is enough to put every rule back as it was
+    # the journal alone is enough to put every rule back as it was
     for entry in applied:
-        change = entry["change"]
+        change = journal[entry["account"]]
         ec2 = aws_client(emulator.url, "ec2", "us-east-1", **assume_role(emulator.url, entry["account"]))
         group_id = change["before"]["group_id"]
         for egress, authorize in ((False, ec2.authorize_security_group_ingress),

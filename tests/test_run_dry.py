@@ -61,8 +61,23 @@ def assume_calls(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in requests if r["operation"] == "AssumeRole"]
 
 
+def planned(stdout: str) -> dict[tuple[str, str], int]:
+    """(account, region) -> number of changes listed in the plan's details (run with --details all):
+    an account line, its regions indented under it, each region's changes under that."""
+    found: dict[tuple[str, str], int] = {}
+    account = region = ""
+    for line in stdout.splitlines():
+        if m := re.match(r"^(\d{12}) \S+$", line):
+            account = m.group(1)
+        elif m := re.match(r"^  ([a-z]{2}(?:-[a-z]+)+-\d|global)$", line):
+            region = m.group(1)
+        elif re.match(r"^    [!~] ", line):
+            found[(account, region)] = found.get((account, region), 0) + 1
+    return found
+
+
 def result_lines(stdout: str) -> list[tuple[str, str, str]]:
-    """(account, region, rest) of each per-target line a run printed."""
+    """(account, region, rest) of each per-target line a run printed (failed, skipped, applied...)."""
     found = []
     for line in stdout.splitlines():
         if m := RESULT_LINE.match(line):
@@ -85,12 +100,13 @@ def test_dry_run_prints_the_plan_and_leaves_every_rule_in_place(cli: Cli, org: S
     assert all(len(rules) >= 5 for rules in before.values())  # seeded: 4 permissive ingress + egress
     mark = len(emulator.requests())
 
-    result = ok(cli.run("run", "strip-default-sg", "--dry-run", "--region", "us-east-1", "--region", "eu-west-1"))
+    result = ok(cli.run("run", "strip-default-sg", "--dry-run", "--region", "us-east-1", "--region", "eu-west-1",
+                        "--details", "all"))
 
-    # one line per account x region, each with its change, and every rule id under it
-    lines = result_lines(result.stdout)
-    assert sorted((a, r) for a, r, _ in lines) == sorted(before)
-    assert all(rest == "1 change(s)" for _, _, rest in lines), lines
+    # one change per account x region, grouped by account and region, and every rule id under it
+    changes = planned(result.stdout)
+    assert sorted(changes) == sorted(before)
+    assert set(changes.values()) == {1}, changes
     for rules in before.values():
         for rule_id in rules:
             assert f"- {rule_id}: " in result.stdout
@@ -166,14 +182,13 @@ def test_dry_run_without_region_covers_every_enabled_region_with_one_assume_role
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
     account = org.accounts["security-audit"]
     mark = len(emulator.requests())
-    result = ok(cli.run("run", "strip-default-sg", "--account", account))
-    lines = result_lines(result.stdout)
-    regions = {r for _, r, _ in lines}
+    result = ok(cli.run("run", "strip-default-sg", "--account", account, "--details", "all"))
+    changes = planned(result.stdout)
+    regions = {r for _, r in changes}
     assert set(SEEDED) <= regions and len(regions) > 10
-    assert {a for a, _, _ in lines} == {account}
+    assert {a for a, _ in changes} == {account}
     # the seeded regions hold the permissive rules; every region has at least moto's default egress rule
-    seeded = {r: rest for _, r, rest in lines if r in SEEDED}
-    assert all(rest == "1 change(s)" for rest in seeded.values())
+    assert all(changes[(account, r)] == 1 for r in SEEDED)
     requests = new_requests(emulator, mark)
     assert [c["target_account"] for c in assume_calls(requests)] == [account]
     assert writes(requests) == []
@@ -186,7 +201,8 @@ def test_role_that_cannot_be_assumed_fails_that_account_alone(cli: Cli, org: San
     emulator.add_rule(operation="AssumeRole", target_account=denied, code="AccessDenied",
                       message="not authorized to perform sts:AssumeRole on OrganizationAccountAccessRole", status=403)
     mark = len(emulator.requests())
-    result = ok(cli.run("run", "strip-default-sg", "--region", "us-east-1", "--region", "eu-west-1"), 1)
+    result = ok(cli.run("run", "strip-default-sg", "--region", "us-east-1", "--region", "eu-west-1",
+                        "--details", "all"), 1)
 
     lines = result_lines(result.stdout)
     failed = [(a, r, rest) for a, r, rest in lines if rest.startswith("FAILED")]
@@ -195,9 +211,9 @@ def test_role_that_cannot_be_assumed_fails_that_account_alone(cli: Cli, org: San
         assert f"arn:aws:iam::{denied}:role/OrganizationAccountAccessRole" in rest
         assert "AccessDenied" in rest
         assert "Traceback" not in rest
-    planned = {(a, r) for a, r, rest in lines if rest == "1 change(s)"}
+    changes = planned(result.stdout)
     others = [a for a in org.accounts.values() if a != denied]
-    assert planned == {(a, r) for a in others for r in SEEDED}
+    assert set(changes) == {(a, r) for a in others for r in SEEDED} and set(changes.values()) == {1}
     assert "Plan: 8 account(s), 2 region(s), 16 target(s): 14 change(s) in 7 account(s); 2 failed" in result.stdout
     # the denied account was tried once, not once per region, and got no further
     requests = new_requests(emulator, mark)

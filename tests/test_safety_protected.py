@@ -41,7 +41,8 @@ def default_rules(emulator: EmulatorClient, account: str, region: str = REGION) 
 
 
 def planned_accounts(stdout: str) -> set[str]:
-    return {m[1] for m in re.finditer(r"^(\d{12}) .*\d+ change\(s\)$", stdout, re.M)}
+    """The accounts with changes in the plan's summary (its rows: account, name, changes, ...)."""
+    return {m[1] for m in re.finditer(r"^  (\d{12}) \S+ +([1-9]\d*) ", stdout, re.M)}
 
 
 def assumed_accounts(emulator: EmulatorClient) -> set[str]:

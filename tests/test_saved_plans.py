@@ -133,8 +133,10 @@ def test_apply_without_drift_applies_exactly_the_saved_changes(cli: Cli, emulato
     assert {(w["account"], w["region"]) for w in writes} == {(a, "us-east-1") for a in pair}
     # exactly the saved rule ids were revoked
     saved_ids = sorted(r["SecurityGroupRuleId"] for c in plan["changes"] for r in c["before"]["rules"])
-    applied = [e for e in cli.audit() if e["event"] == "applied"]
-    assert sorted(r["SecurityGroupRuleId"] for e in applied for r in e["change"]["before"]["rules"]) == saved_ids
+    journal = [json.loads(line) for path in (cli.home / "state" / "orgrunner" / "journal").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    applied = [e["change"] for e in journal if e["status"] == "applied"]
+    assert sorted(r["SecurityGroupRuleId"] for c in applied for r in c["before"]["rules"]) == saved_ids
     start = [e for e in cli.audit() if e["event"] == "run-start"][-1]
     assert start["command"] == "apply"
 

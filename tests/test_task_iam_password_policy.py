@@ -35,7 +35,7 @@ def test_matching_account_has_no_change(emulator: EmulatorClient, org: SandboxOr
     run = run_cli(emulator, tmp_path, TASK, account, "--dry-run")
     assert run.code == 0, run.err
     assert run.statuses("plan") == ["ok"] and run.changes == []
-    assert "no changes" in run.out
+    assert "nothing to do, no target needs a change" in run.out
 
 
 def test_differing_policy_is_planned_field_by_field_and_dry_run_writes_nothing(

@@ -18,10 +18,13 @@ from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, member_client
 
 REGION = "us-east-1"
-RESULT_LINE = re.compile(r"^\d{12} +\S+ +[a-z]{2}-[a-z]+-\d +\S.*$")
-PLAIN_LINE = re.compile(r"^(?:\d{12} +\S+ +[a-z]{2}-[a-z]+-\d +\S.*"  # one per target
-                        r"|    ~ \S.*|        - \S.*"  # a change, and its details
-                        r"|Plan: .*|Apply: .*|Dry run: .*|No planned changes: .*)$")
+PLAIN_LINE = re.compile(r"^(?:\d{12} +\S+ +[a-z]{2}-[a-z]+-\d +\S.*"  # one per target (failed, applied...)
+                        r"|  (?:account|kind of change|\d{12} \S+|[a-z-]+) +.*"  # the summary's rows
+                        r"|Needs a look first \(\d+ change\(s\)\):|Other changes \(\d+\):"  # the details...
+                        r"|\d{12} \S+|  [a-z]{2}-[a-z]+-\d"  # ...grouped by account and region
+                        r"|    [!~] \S.*|        - \S.*"  # a change, and its details
+                        r"|\d+ other change\(s\) not shown .*"
+                        r"|Plan: .*|Apply: .*|Dry run: .*|Run \d{8}T\d{6}Z-[0-9a-f]{6}: .*|Next: .*|Review: .*)$")
 JSON_KEYS = {"run_id", "task", "mode", "status", "exit_code", "plan", "apply", "failed_targets"}
 TALLY_KEYS = {"targets", "changes", "failed", "skipped", "accounts", "accounts_with_changes", "outcomes"}
 
@@ -131,8 +134,8 @@ def test_format_json_is_one_document_on_stdout(cli: Cli, emulator: EmulatorClien
     assert data["plan"]["accounts"] == 2 and data["plan"]["accounts_with_changes"] == 2
     assert data["failed_targets"] == []
     assert [e["run_id"] for e in cli.audit() if e["event"] == "run-start"] == [data["run_id"]]
-    # the per-target lines went to stderr
-    assert len([line for line in result.stderr.splitlines() if RESULT_LINE.match(line)]) == 4
+    # the plan went to stderr
+    assert result.stderr.count("    ! ") == 4 and "Plan: 2 account(s)" in result.stderr
 
 
 def test_format_json_of_an_armed_run_counts_what_was_applied(cli: Cli, emulator: EmulatorClient,

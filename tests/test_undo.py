@@ -196,7 +196,7 @@ def test_undo_twice_plans_nothing_the_second_time(cli: Cli, emulator: EmulatorCl
     mark = len(emulator.requests())
     again = check(cli.run("undo", run_id, "--arm", "--confirm-accounts", ",".join(pair)), 0)
     assert again.stdout.count("already holds its old rules") == 4
-    assert "No planned changes: nothing to apply." in again.stdout
+    assert ": no planned changes: nothing to apply." in again.stdout
     assert "applied: " not in again.stdout
     assert writes_since(emulator, mark) == []
     assert contents(emulator.url, pair) == before
