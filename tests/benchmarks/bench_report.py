@@ -16,23 +16,11 @@ import time
 
 from orgrunner import compliance
 from orgrunner.runner import TargetResult
-from orgrunner.task import GLOBAL_REGION, Change, Target, Task
+from orgrunner.task import GLOBAL_REGION, Change, Target, TaskSpec
 
 REGIONS = ["us-east-1", "eu-west-1", "us-west-2", "ap-southeast-2", "eu-central-1", "sa-east-1"]
 OUS = ["Root/Workloads/Prod", "Root/Workloads/NonProd", "Root/Workloads/NonProd/Sandbox", "Root/Security",
        "Root/Infrastructure", "Root/Suspended"]
-
-
-class _Named(Task):
-    """Only a name: the matrix reads nothing else of a task."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._name = name
-
-    @property  # type: ignore[misc]
-    def name(self) -> str:  # type: ignore[override]
-        return self._name
 
 
 def main() -> None:
@@ -42,7 +30,8 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=4)
     args = parser.parse_args()
     rng = random.Random(14)
-    tasks = [_Named(f"task-{i + 1}") for i in range(args.tasks)]
+    tasks = [TaskSpec(name=f"task-{i + 1}", description="", destructive=False, regional=i % 2 == 0, version="1",
+                      plan_actions=(), apply_actions=()) for i in range(args.tasks)]
     accounts = [(f"{100000000000 + i:012d}", f"account-{i:04d}") for i in range(args.accounts)]
     regions = REGIONS[: args.regions]
 
