@@ -20,6 +20,7 @@ from typing import IO, Any
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 
 from orgrunner.errors import InputError
+from orgrunner.evidence import Chain
 from orgrunner.statefiles import Mode, StateFolder, open_file
 
 # Access key ids look alike; secret keys and session tokens do not, so every one this process
@@ -72,6 +73,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _line(record: dict[str, Any]) -> str:
+    return scrub(json.dumps(record, default=str, sort_keys=False))
+
+
 class _SafeHandler(ConcurrentRotatingFileHandler):
     """concurrent-log-handler with every file it opens (the log, its lock file) opened through
     orgrunner.statefiles: never through a symbolic link, never a FIFO or a device."""
@@ -119,12 +124,15 @@ class AuditLog:
         self._logger.setLevel(logging.INFO)
         self._logger.addHandler(self._handler)
         self._lock = threading.Lock()
+        self._chain = Chain("audit", run_id)  # one chain per run: see orgrunner.evidence
 
     def event(self, event: str, **fields: Any) -> None:
+        """One line; it carries the hash of this run's line before it (orgrunner.evidence)."""
         record = {"ts": now(), "run_id": self.run_id, "event": event, **fields}
-        line = scrub(json.dumps(record, default=str, sort_keys=False))
         with self._lock:
+            line = self._chain.line(record, _line)
             self._logger.info(line)
+            self._chain.written(line)
 
     def close(self) -> None:
         self._logger.removeHandler(self._handler)

@@ -27,7 +27,7 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from orgrunner import __version__, aws, environment, fence, journal
+from orgrunner import __version__, aws, environment, evidence, fence, journal
 from orgrunner import runs as runs_module
 from orgrunner import workers as task_workers
 from orgrunner.accounts import ACCOUNT_ID, Account, Organization, OrgUnit, Selection, Selectors, parse_tags
@@ -37,6 +37,7 @@ from orgrunner.doctor import check_roles
 from orgrunner.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
+    EXIT_SAFETY,
     EXIT_TARGETS_FAILED,
     EXIT_TERMINATED,
     InputError,
@@ -639,7 +640,8 @@ def run(
             err(f"no failed targets of {task} in {retry_failed}; nothing to do")
             return
         chosen.accounts = sorted(only)
-        chosen.include_management = True  # the earlier run chose its accounts; retry exactly those
+        # the target rules of `run` still hold: a report line naming the management account (or a
+        # protected one) is left out, with the reason, unless the flag is given again
     shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, details=details, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
@@ -702,6 +704,7 @@ def undo(
     account: AccountOpt = None,
     confirm_accounts: ConfirmOpt = None,
     confirm_protected: ConfirmProtOpt = None,
+    include_management: MgmtOpt = False,
     include_protected: ProtOpt = False,
     output: FormatOpt = "text",
     details: DetailsOpt = "risky",
@@ -718,9 +721,17 @@ def undo(
     sandbox: SandboxOpt = False,
 ) -> None:
     """Reverse what a run applied, from its journal: a dry run by default; with --arm, restore
-    after the typed confirmation. What has changed again since the run is left alone, and said."""
-    task_name, _version, applied = journal.read(state_dir(), run_id)
-    chosen = selectors(account, None, None, None, include_management=True, include_protected=include_protected)
+    after the typed confirmation. What has changed again since the run is left alone, and said.
+    The journal must first verify against the audit log (as `orgrunner verify RUN_ID`), and the
+    target rules of `run` hold: the management account needs --include-management, protected
+    accounts --include-protected and their own confirmation."""
+    task_name, _version, applied = journal.read(state_dir(), run_id)  # exit 2 when there is no such journal
+    verdict = verified(run_id, config, audit_log)
+    if verdict.breaks:
+        raise SafetyRefusal(f"run {run_id}: its journal does not verify against the audit log "
+                            f"({len(verdict.breaks)} break(s), above); undo refused, nothing applied")
+    chosen = selectors(account, None, None, None, include_management=include_management,
+                       include_protected=include_protected)
     applied = [c for c in applied if not chosen.accounts or c.account_id in chosen.accounts]
     if not applied:
         raise InputError(f"run {run_id}: applied nothing" + (" in the given accounts" if chosen.accounts else ""))
@@ -733,6 +744,52 @@ def undo(
                     follow_symlinks=follow_symlinks, command=f"undo {run_id}", role_name=role_name)
     shared.options.lock_name = task_name
     shared.execute(Launch(task_name, tasks_dir, config_dir(config), undo=[c.to_dict() for c in applied]))
+
+
+def verified(run_id: str, config: Path | None, audit_log: Path | None) -> evidence.Verdict:
+    """Run `run_id`'s journal checked against its audit-log record; breaks and notes printed."""
+    if not journal.RUN_ID.match(run_id):
+        raise InputError(f"run id {run_id!r}: expected the form 20261129T190000Z-1a2b3c (see `orgrunner runs`)")
+    settings = load_settings(config, audit_log=audit_log)
+    state = StateFolder(state_dir())
+    verdict = evidence.verify(state, journal.journal_dir(state.root) / f"{run_id}.jsonl",
+                              settings.audit_log or state.root / "audit.jsonl", run_id)
+    for note in verdict.notes:
+        err(f"note: {note}")
+    for line in verdict.breaks:
+        err(f"BROKEN: {line}")
+    return verdict
+
+
+@app.command()
+def verify(
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN_ID]", help="The run to check [default: every run "
+                                                 "with a journal].")] = None,
+    audit_log: AuditOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check runs' journals against the audit log: each record's hash chain, each run's chain head,
+    and that the journal's changes are exactly those the audit log recorded as applied. No AWS
+    call. Exit 0 when every run verifies, 3 otherwise (one line per break)."""
+    if run_id is None:
+        folder = journal.journal_dir(StateFolder(state_dir()).root)
+        runs = sorted(p.stem for p in folder.glob("*.jsonl") if journal.RUN_ID.match(p.stem)) if folder.is_dir() else []
+        if not runs:
+            err("no journals to verify")
+            return
+    else:
+        runs = [run_id]
+    broken = 0
+    for run in runs:
+        verdict = verified(run, config, audit_log)
+        if verdict.breaks:
+            broken += 1
+        else:
+            print(f"run {run}: verified ({verdict.changes} change outcome(s) in the journal, "
+                  f"{verdict.audit_records} audit record(s))")
+    if broken:
+        err(f"{broken} of {len(runs)} run(s) do not verify")
+        raise typer.Exit(EXIT_SAFETY)
 
 
 @app.command(epilog=epilog((0, 1, 2, 3, 70, 75, 130, 143), "orgrunner report",

@@ -15,6 +15,7 @@ from typing import Any
 from orgrunner.audit import now, scrub
 from orgrunner.errors import InputError
 from orgrunner.escape import visible
+from orgrunner.evidence import Chain
 from orgrunner.statefiles import StateFolder
 from orgrunner.task import Change
 
@@ -36,20 +37,28 @@ class Journal:
         self.task_version = task_version
         self._lock = threading.Lock()
         self._file: Any = None
+        self._chain = Chain("journal", run_id)  # each line carries the hash of the one before it
 
     def record(self, status: str, change: Change, error: str | None = None) -> None:
         """`applying` just before the call to AWS, then the outcome (applied, failed...) after it,
         so a process killed in between leaves the change marked as possibly applied."""
         entry = {"ts": now(), "run_id": self.run_id, "task": self.task, "task_version": self.task_version,
                  "status": status, "error": scrub(error) if error else None, "change": change.to_dict()}
-        line = json.dumps(entry, default=str) + "\n"  # change data comes from AWS reads: kept exact
         with self._lock:
+            line = self._chain.line(entry)  # change data comes from AWS reads: kept exact
             if self._file is None:
                 self.state.folder("journal")
                 self._file = self.state.open(self.path, "a")
-            self._file.write(line)
+            self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
+            self._chain.written(line)
+
+    @property
+    def head(self) -> str | None:
+        """The hash of the last line written (the chain's head), None when nothing was journaled."""
+        with self._lock:
+            return self._chain.head if self._chain.length else None
 
     def close(self) -> None:
         with self._lock:

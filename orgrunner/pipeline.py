@@ -154,7 +154,9 @@ class Pipeline:
                 raise
             finally:
                 tallies = {p: self.reporter.tally_dict(p) for p in ("plan", "apply")}
-                audit.event("run-end", task=self.cls.name, mode=self.mode, status=status, **tallies)
+                self.journal.close()  # its head is final: the run-end names it (orgrunner.evidence)
+                audit.event("run-end", task=self.cls.name, mode=self.mode, status=status,
+                            journal_head=self.journal.head, **tallies)
                 if self.options.output_format == "json":
                     print(json.dumps({"run_id": self.run_id, "task": self.cls.name, "mode": self.mode,
                                       "status": status, "exit_code": code, **tallies,

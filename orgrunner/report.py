@@ -141,7 +141,8 @@ class Reporter:
             tally.changes += len(result.outcomes)
 
     def applied(self, record: dict[str, Any]) -> None:
-        """One applied change, written to the audit log the moment it happens."""
+        """One applied change, written to the audit log the moment it happens; its `sha256` (the
+        change's canonical JSON) is what `orgrunner verify` compares the journal with."""
         self.audit.event("applied", task=self.task, **record)
 
     def tally_dict(self, phase: str) -> dict[str, object]:

@@ -493,3 +493,139 @@ def test_a_worker_forging_results_or_asking_for_another_accounts_credentials_is_
     records = [json.loads(line) for line in report.read_text().splitlines()]
     assert [(r["account"], r["region"], r["status"]) for r in records] == [(account, region, "failed")]
     assert "broke the protocol" in records[0]["error"] and violation in records[0]["error"], records[0]["error"]
+
+
+# === Records are evidence (issue #17), continued ===============================================
+# Section 1: `undo` acts only on what a run really did.
+
+OPEN_TO_ALL = {"SecurityGroupRuleId": "sgr-0forgedforged0001", "IsEgress": False, "IpProtocol": "tcp",
+               "FromPort": 0, "ToPort": 65535, "CidrIpv4": "0.0.0.0/0"}
+
+
+def armed_strip(cli: Cli, account: str, *extra: str) -> str:
+    result = cli.run("run", TASK, "--arm", "--account", account, "--region", REGION, "--confirm-accounts", account,
+                     *extra)
+    assert result.returncode == 0, result.stderr
+    run_id: str = [e for e in cli.audit() if e["event"] == "run-start"][-1]["run_id"]
+    return run_id
+
+
+def journal_of(cli: Cli, run_id: str) -> Path:
+    return state(cli) / "journal" / f"{run_id}.jsonl"
+
+
+def authorized_since(emulator: EmulatorClient, mark: int) -> list[dict[str, Any]]:
+    return [r for r in emulator.requests()[mark:] if r["operation"].startswith("Authorize")]
+
+
+def add_rule_to_undo(path: Path, rechain: bool = False) -> None:
+    """The attacker's edit: one more rule in the first applied change's `undo.rules`; with
+    `rechain`, every `prev` recomputed so the journal's own chain is whole again."""
+    import hashlib
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    target = next(r for r in records if r["status"] == "applied")
+    target["change"]["undo"]["rules"].append(OPEN_TO_ALL)
+    for r in records:
+        if r["change"]["resource"] == target["change"]["resource"]:
+            r["change"] = target["change"]
+    lines = []
+    previous = records[0].get("prev")
+    for r in records:
+        if rechain and previous is not None:
+            r["prev"] = previous
+        line = json.dumps(r)
+        lines.append(line)
+        previous = hashlib.sha256(line.encode()).hexdigest()
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("rechain", [False, True], ids=["edited", "edited-and-rechained"])
+def test_a_rule_added_by_hand_to_the_journal_is_never_authorized_by_undo(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, rechain: bool) -> None:
+    account = org.accounts["dev-app-1"]
+    run_id = armed_strip(cli, account)
+    add_rule_to_undo(journal_of(cli, run_id), rechain)
+    mark = len(emulator.requests())
+    dry = cli.run("undo", run_id)
+    assert dry.returncode == 3, (dry.stdout, dry.stderr)
+    assert "restore" not in dry.stdout and "BROKEN" in dry.stderr and "undo refused" in dry.stderr
+    armed = cli.run("undo", run_id, "--arm", "--confirm-accounts", account)
+    assert armed.returncode == 3, armed.stderr
+    assert authorized_since(emulator, mark) == []
+    assert emulator.requests()[mark:] == []  # refused before any AWS call
+    verify = cli.run("verify", run_id)
+    assert verify.returncode == 3 and verify.stderr.count("BROKEN") >= 1, verify.stderr
+
+
+def test_a_journal_made_up_for_a_run_that_never_happened_drives_nothing(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    real = armed_strip(cli, account)
+    forged_id = "20261201T000000Z-abcdef"
+    records = [json.loads(line) for line in journal_of(cli, real).read_text().splitlines()]
+    for r in records:
+        r["run_id"] = forged_id
+        r["change"]["account_id"] = org.management_account_id
+        r["change"]["undo"]["rules"] = [{**OPEN_TO_ALL, "SecurityGroupRuleId": "sgr-1\r\x1b[2K\x1b[1Atcp 443 from "
+                                         "10.0.0.0/8"}]
+    journal_of(cli, forged_id).write_text("".join(json.dumps(r) + "\n" for r in records))
+    mark = len(emulator.requests())
+    for args in ((), ("--arm", "--confirm-accounts", org.management_account_id)):
+        result = cli.run("undo", forged_id, *args)
+        assert result.returncode == 3, (result.stdout, result.stderr)
+        assert "no record of this run" in result.stderr
+        assert "\x1b" not in result.stdout + result.stderr
+    assert emulator.requests()[mark:] == []
+    assert cli.run("verify", forged_id).returncode == 3
+
+
+def test_a_genuine_run_verifies_and_each_kind_of_tampering_with_the_audit_log_is_one_line(
+        cli: Cli, org: SandboxOrg) -> None:
+    run_id = armed_strip(cli, org.accounts["dev-app-1"])
+    ok = cli.run("verify", run_id)
+    assert ok.returncode == 0 and f"run {run_id}: verified" in ok.stdout, ok.stderr
+    whole = cli.audit_log.read_text().splitlines()
+    ours = [i for i, line in enumerate(whole) if run_id in line]
+    # the run-end alone removed reads as a run killed before its end: said, and what remains must agree
+    cli.audit_log.write_text("\n".join(x for i, x in enumerate(whole) if i != ours[-1]) + "\n")
+    killed = cli.run("verify", run_id)
+    assert killed.returncode == 0 and "has no run-end" in killed.stderr, killed.stderr
+    for name, kept in {"a middle record removed": [x for i, x in enumerate(whole) if i != ours[2]],
+                       "run-end and the applied record removed": [x for i, x in enumerate(whole)
+                                                                  if i not in (ours[-1], ours[-2])],
+                       "two records swapped": [*whole[:ours[1]], whole[ours[2]], whole[ours[1]], *whole[ours[2] + 1:]],
+                       }.items():
+        cli.audit_log.write_text("\n".join(kept) + "\n")
+        broken = cli.run("verify", run_id)
+        assert broken.returncode == 3, (name, broken.stdout, broken.stderr)
+        assert "BROKEN" in broken.stderr and "Traceback" not in broken.stderr, name
+    cli.audit_log.write_text("\n".join(whole) + "\n")
+    assert cli.run("verify", run_id).returncode == 0
+
+
+def test_undo_of_a_change_to_the_management_account_needs_include_management(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    management = org.management_account_id
+    before = default_rule_ids(emulator.url, management, REGION)
+    assert before, "the management account's default group has rules to strip"
+    run_id = armed_strip(cli, management, "--include-management")
+    assert default_rule_ids(emulator.url, management, REGION) == []
+    refused = cli.run("undo", run_id, "--arm", "--confirm-accounts", management)
+    assert "management account (use --include-management)" in refused.stderr, refused.stderr
+    assert default_rule_ids(emulator.url, management, REGION) == []  # nothing restored without the flag
+    done = cli.run("undo", run_id, "--arm", "--confirm-accounts", management, "--include-management")
+    assert done.returncode == 0, done.stderr
+    assert len(default_rule_ids(emulator.url, management, REGION)) == len(before)
+
+
+def test_retry_failed_with_a_hand_written_line_naming_the_management_account_needs_the_flag(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    report = tmp_path / "report.jsonl"
+    report.write_text(json.dumps({"account": org.management_account_id, "region": REGION, "task": TASK,
+                                  "status": "failed"}) + "\n")
+    mark = len(emulator.requests())
+    result = cli.run("run", TASK, "--retry-failed", str(report))
+    assert "management account (use --include-management)" in result.stderr, result.stderr
+    assumed = {r["target_account"] for r in emulator.requests()[mark:] if r["operation"] == "AssumeRole"}
+    assert org.management_account_id not in assumed
