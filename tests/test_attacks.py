@@ -20,7 +20,7 @@ import pytest
 
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli, orgrunner_command
-from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids
+from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids
 
 # === Records are evidence (issue #17) ===========================================================
 # Section 3: nothing from AWS, a file or task code reaches the terminal raw.
@@ -607,6 +607,7 @@ def test_a_genuine_run_verifies_and_each_kind_of_tampering_with_the_audit_log_is
 def test_undo_of_a_change_to_the_management_account_needs_include_management(
         cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
     management = org.management_account_id
+    create_role(emulator.url, management, "OrganizationAccountAccessRole")  # deployed there separately, as on AWS
     before = default_rule_ids(emulator.url, management, REGION)
     assert before, "the management account's default group has rules to strip"
     run_id = armed_strip(cli, management, "--include-management")
