@@ -82,8 +82,9 @@ def recent(audit_log: Path, state: Path, limit: int = 20) -> list[RunRecord]:
             elif record.get("status") == "failed":
                 run.failed += 1
     newest = sorted(runs.values(), key=lambda r: (r.started, r.run_id), reverse=True)[:limit]
-    for run in newest:
-        run.undoable = run.applied > 0 and (journal_dir(state) / f"{run.run_id}.jsonl").is_file()
+    for run in newest:  # an undo is not itself undone (its journal's task is the reversal)
+        run.undoable = (run.applied > 0 and not run.command.startswith("undo ")
+                        and (journal_dir(state) / f"{run.run_id}.jsonl").is_file())
     return newest
 
 

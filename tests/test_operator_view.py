@@ -165,6 +165,10 @@ def test_runs_lists_past_runs_and_runs_show_what_one_changed(cli: Cli, org: Sand
     assert sorted(line.split()[0] for line in lines) == pair and all(" applied " in line for line in lines)
     assert f"Reverse: orgrunner undo {run_id}" in shown.stdout
     assert "orgrunner runs" in cli.run("undo", "--help").stdout
+    undone = cli.run("undo", run_id, "--arm", "--confirm-accounts", ",".join(pair))
+    assert undone.returncode == 0, undone.stderr
+    latest = __import__("json").loads(cli.run("runs", "--format", "json").stdout)[0]
+    assert latest["command"] == f"undo {run_id}" and latest["accounts_changed"] == pair and not latest["undoable"]
     unknown = cli.run("runs", "show", "20261129T190000Z-1a2b3c")
     assert unknown.returncode == 2 and "not in the audit log" in unknown.stderr
 
