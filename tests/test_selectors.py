@@ -4,7 +4,6 @@ checked through `orgrunner accounts --format json` and through the accounts a `r
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +14,13 @@ import pytest
 from orgrunner.sandbox import SandboxOrg, seed_organization
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, create_role
+from tests.test_run_dry import planned as planned_targets
 
 PROD = {"prod-app-1", "prod-app-2", "prod-app-3"}
 DEV = {"dev-app-1", "dev-app-2"}
 SANDBOX = {"sandbox-1", "sandbox-2"}
 SECURITY = {"security-audit"}
 ALL_MEMBERS = PROD | DEV | SANDBOX | SECURITY
-RESULT_LINE = re.compile(r"^(\d{12}) +(\S+) +(\S+) +(.*)$")
 
 Args = Callable[[SandboxOrg], tuple[str, ...]]
 
@@ -55,11 +54,10 @@ def skipped(data: dict[str, Any]) -> dict[str, str]:
 
 
 def planned(result: subprocess.CompletedProcess[str]) -> dict[str, set[str]]:
-    """account id -> regions of the per-target result lines a run printed."""
+    """account id -> regions with a planned change in the plan's details (runs made with --details all)."""
     found: dict[str, set[str]] = {}
-    for line in result.stdout.splitlines():
-        if m := RESULT_LINE.match(line):
-            found.setdefault(m.group(1), set()).add(m.group(3))
+    for account, region in planned_targets(result.stdout):
+        found.setdefault(account, set()).add(region)
     return found
 
 
@@ -233,7 +231,7 @@ def test_run_plans_exactly_the_selected_accounts(cli: Cli, org: SandboxOrg, emul
     if "management" in expected:  # Organizations creates no such role there: it is deployed separately
         create_role(emulator.url, org.management_account_id, "OrganizationAccountAccessRole")
     mark = len(emulator.requests())
-    result = cli.run("run", "strip-default-sg", "--region", "us-east-1", *args(org))
+    result = cli.run("run", "strip-default-sg", "--region", "us-east-1", *args(org), "--details", "all")
     assert result.returncode == 0, result.stderr
     plan = planned(result)
     assert names(org, set(plan)) == expected
@@ -250,7 +248,7 @@ def test_run_prints_the_skipped_accounts_with_their_reason(cli: Cli, org: Sandbo
                                                           emulator: EmulatorClient) -> None:
     mark = len(emulator.requests())
     excluded = org.accounts["sandbox-2"]
-    result = cli.run("run", "strip-default-sg", "--region", "eu-west-1", "--exclude", excluded)
+    result = cli.run("run", "strip-default-sg", "--region", "eu-west-1", "--exclude", excluded, "--details", "all")
     assert result.returncode == 0, result.stderr
     assert f"skipped {org.suspended_account_id} (retired-1): not active (SUSPENDED)" in result.stderr
     assert (f"skipped {org.management_account_id} (master): management account (use --include-management)"
@@ -265,7 +263,8 @@ def test_run_prints_the_skipped_accounts_with_their_reason(cli: Cli, org: Sandbo
 def test_run_with_only_the_suspended_account_does_nothing(cli: Cli, org: SandboxOrg,
                                                           emulator: EmulatorClient) -> None:
     mark = len(emulator.requests())
-    result = cli.run("run", "strip-default-sg", "--region", "us-east-1", "--account", org.suspended_account_id)
+    result = cli.run("run", "strip-default-sg", "--region", "us-east-1", "--account", org.suspended_account_id,
+                     "--details", "all")
     assert result.returncode == 0, result.stderr
     assert f"skipped {org.suspended_account_id} (retired-1): not active (SUSPENDED)" in result.stderr
     assert "no accounts match the selectors; nothing to do" in result.stderr
