@@ -8,18 +8,22 @@ depth.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
+import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 
-from orgrunner.errors import InputError
+from orgrunner.errors import InputError, RecordError
 from orgrunner.evidence import Chain
 from orgrunner.statefiles import Mode, StateFolder, open_file
 
@@ -69,6 +73,29 @@ def _token_like(match: re.Match[str]) -> str:
     return "[redacted]" if looks_random else run
 
 
+# Test-only fault injection, inert unless set: ORGRUNNER_TEST_FAIL_RECORD_WRITE=N makes the Nth
+# record write of this process (journal lines and audit events, counted together in the order they
+# are made) fail with ENOSPC, as a full disk would; `N+` fails that one and every later one. The
+# write is replaced where it would reach the file, so everything above it runs as in a real fault.
+# Read once, at start.
+_FAULT = re.fullmatch(r"([1-9][0-9]{0,6})(\+?)", os.environ.get("ORGRUNNER_TEST_FAIL_RECORD_WRITE", ""))
+_writes = 0
+_writes_lock = threading.Lock()
+
+
+def injected_fault(path: Path) -> None:
+    """Raise the injected ENOSPC if this record write is the one ORGRUNNER_TEST_FAIL_RECORD_WRITE names."""
+    global _writes
+    if _FAULT is None:
+        return
+    with _writes_lock:
+        _writes += 1
+        number = _writes
+    first = int(_FAULT.group(1))
+    if number == first or (_FAULT.group(2) and number > first):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected: record write {number})", str(path))
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -80,6 +107,11 @@ def _line(record: dict[str, Any]) -> str:
 class _SafeHandler(ConcurrentRotatingFileHandler):
     """concurrent-log-handler with every file it opens (the log, its lock file) opened through
     orgrunner.statefiles: never through a symbolic link, never a FIFO or a device."""
+
+    failure: BaseException | None = None  # the error of the last write that failed, kept, not printed
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failure = sys.exc_info()[1] or OSError("write failed")
 
     def __init__(self, path: Path, state: StateFolder | None, follow_symlinks: bool, **kwargs: Any) -> None:
         self._state = state
@@ -127,13 +159,43 @@ class AuditLog:
         self._chain = Chain("audit", run_id)  # one chain per run: see orgrunner.evidence
 
     def event(self, event: str, **fields: Any) -> None:
-        """One line; it carries the hash of this run's line before it (orgrunner.evidence)."""
+        """One line; it carries the hash of this run's line before it (orgrunner.evidence). Raises
+        RecordError if it could not be written (never silently)."""
         record = {"ts": now(), "run_id": self.run_id, "event": event, **fields}
         with self._lock:
             line = self._chain.line(record, _line)
-            self._logger.info(line)
+            self._handler.failure = None
+            try:
+                injected_fault(self.path)
+                self._logger.info(line)
+            except OSError as exc:
+                self._handler.failure = exc
+            if self._handler.failure is not None:
+                failure = self._handler.failure
+                reason = failure.strerror if isinstance(failure, OSError) and failure.strerror else failure
+                raise RecordError(f"audit log {self.path}: {event} could not be written: {reason}")
             self._chain.written(line)
 
     def close(self) -> None:
         self._logger.removeHandler(self._handler)
         self._handler.close()
+
+
+def read_events(path: Path, event: str, backups: int = 10) -> Iterator[dict[str, Any]]:
+    """Every `event` record of the audit log at `path` and its rotated files, oldest first.
+    Lines that do not parse (torn by a crash) are passed over: this only finds records."""
+    needle = f'"event": "{event}"'
+    for candidate in [path.with_name(f"{path.name}.{n}") for n in range(backups, 0, -1)] + [path]:
+        try:
+            with candidate.open(encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if needle not in line:
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("event") == event:
+                        yield record
+        except OSError:
+            continue

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,10 +26,11 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from orgrunner import __version__, aws, environment, evidence, fence, journal
+from orgrunner import __version__, aws, environment, evidence, fence, interrupt, journal
 from orgrunner import runs as runs_module
 from orgrunner import workers as task_workers
 from orgrunner.accounts import ACCOUNT_ID, Account, Organization, OrgUnit, Selection, Selectors, parse_tags
+from orgrunner.audit import read_events
 from orgrunner.confirm import parse_account_list
 from orgrunner.credentials import operator_session, session_name, source_identity
 from orgrunner.doctor import check_roles
@@ -49,6 +49,7 @@ from orgrunner.errors import (
 from orgrunner.escape import visible
 from orgrunner.identity import Caller, base_session, resolve_caller
 from orgrunner.pipeline import Confirmation, Pipeline, RunOptions, err
+from orgrunner.planfile import bound, parse_digest
 from orgrunner.planfile import load as load_plan
 from orgrunner.policy import session_policy
 from orgrunner.present import DETAILS
@@ -482,6 +483,7 @@ class Common:
     regions: list[str] | None
     options: RunOptions
     allow_long_term: bool
+    required: set[str] | None = None  # `apply`: every account of the saved plan must be a target
 
     def prepare(self) -> tuple[aws.Session, Caller, Selection]:
         """The caller (checked) and the accounts the selectors choose (those left out printed)."""
@@ -491,8 +493,21 @@ class Common:
                 raise SafetyRefusal("armed runs refuse long-term access keys (AKIA...); use temporary credentials "
                                     "(SSO, an assumed role) or pass --allow-long-term-credentials")
             err("warning: long-term access keys (AKIA...) in use; prefer temporary credentials")
-        selection = Organization(session).select(self.selectors, self.settings.protection())
+        organization = Organization(session)
+        if self.required is not None:
+            unknown = sorted(self.required - {a.id for a in organization.accounts()})
+            if unknown:
+                raise SafetyRefusal(f"the plan targets {len(unknown)} account(s) that are not in this organization: "
+                                    f"{', '.join(unknown[:10])}; nothing applied")
+        selection = organization.select(self.selectors, self.settings.protection())
         print_selection(selection)
+        if self.required is not None:
+            # the target rules of `run`, applied again: management, protected, suspended accounts
+            reasons = {a.id: reason for a, reason in selection.skipped}
+            left = sorted(self.required - {a.id for a in selection.targets})
+            if left:
+                raise SafetyRefusal("the plan targets " + "; ".join(
+                    f"{i}, {reasons.get(i, 'not selected')}" for i in left[:10]) + "; nothing applied")
         return session, caller, selection
 
     def execute(self, launch: Launch) -> None:
@@ -659,8 +674,12 @@ def run(
 def apply(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN_FILE", dir_okay=False,
                                               help="A plan saved by `run --dry-run --plan-out`.")],
+    confirm_plan: Annotated[str | None, typer.Option(
+        "--confirm-plan", metavar="DIGEST", help="Confirm non-interactively by the reviewed plan's digest "
+        "(SHA-256, as the saving dry run printed it); also the way to apply a plan saved on another machine.")] = None,
     confirm_accounts: ConfirmOpt = None,
     confirm_protected: ConfirmProtOpt = None,
+    include_management: MgmtOpt = False,
     include_protected: ProtOpt = False,
     concurrency: ConcurrencyOpt = None,
     processes: ProcessesOpt = None,
@@ -678,19 +697,28 @@ def apply(
     sandbox: SandboxOpt = False,
 ) -> None:
     """Apply a saved plan: plan again live, and apply only if the live plan equals the saved one
-    for every target (any drift refuses the whole apply, exit 3), after the usual confirmation."""
+    for every target (any drift refuses the whole apply, exit 3), after a confirmation (typed,
+    --confirm-accounts or --confirm-plan), destructive or not. The file must be the plan a dry run
+    saved here (its digest in the audit log) or the one --confirm-plan names; the target rules of
+    `run` hold again (--include-management, --include-protected)."""
     saved = load_plan(plan_file)
+    digest = parse_digest(confirm_plan) if confirm_plan is not None else None
     targets = saved.accounts
     if not targets:
         raise InputError(f"{plan_file}: the plan has no targets")
-    chosen = selectors(targets, None, None, None, include_management=True, include_protected=include_protected)
+    chosen = selectors(targets, None, None, None, include_management=include_management,
+                       include_protected=include_protected)
     shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
                     region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, details=details, report=report, audit_log=audit_log,
                     wait_for_lock=wait_for_lock, allow_long_term=allow_long_term,
                     follow_symlinks=follow_symlinks, command="apply", role_name=saved.role_name,
                     concurrency=concurrency, processes=processes)
+    bound(plan_file, saved, digest, read_events(shared.settings.audit_log or state_dir() / "audit.jsonl",
+                                                "plan-saved"))
     shared.options.expected = saved
+    shared.options.stated = dataclasses.replace(shared.options.stated, plan=digest)
+    shared.required = set(targets)
     shared.execute(Launch(saved.task, tasks_dir, config_dir(config)))
 
 
@@ -1026,13 +1054,9 @@ def sandbox_serve(
     sb.serve(port)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main() -> None:
     fence.make_undumpable()  # before anything holds a credential
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt.install()  # SIGINT and SIGTERM: raised, remembered, never lost
     try:
         environment.current()  # every variable orgrunner reads, checked once before anything happens
         code = app(standalone_mode=False)

@@ -6,7 +6,8 @@ account), so no code path reaches a write without passing through here.
 Interactive: the operator types the ids of the accounts that have planned changes (any order,
 spaces or commas); with more than ten, the number of accounts and the task name. Never "yes".
 Non-interactive: `--confirm-accounts` must hold every account with planned changes, and only
-accounts that are targets of the run. Anything else refuses the whole run.
+accounts that are targets of the run (checked whenever it is given, by plan or not); `apply` also
+takes `--confirm-plan DIGEST`, the reviewed saved plan's digest. Anything else refuses the whole run.
 """
 
 from __future__ import annotations
@@ -143,6 +144,14 @@ def confirm_protected(protected: dict[str, str], ask: Callable[[str], str] | Non
     words = sorted(w for name in names for w in re.split(r"[\s,]+", name) if w)
     if typed != words and typed != sorted(protected):  # the ids: a name may hold what no one can type
         raise SafetyRefusal("protected accounts were not confirmed by name or id; nothing applied")
+
+
+def confirm_plan(task: str, accounts: set[str], digest: str) -> Armed:
+    """`apply --confirm-plan DIGEST`: the operator approved the saved plan whose digest this is, and
+    the caller has checked that the file applied is that plan and the live plan still equals it."""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise SafetyRefusal("--confirm-plan: not a plan digest; nothing applied")
+    return Armed(_KEY, task, accounts)
 
 
 def confirm_unguarded(task: str, accounts: set[str]) -> Armed:

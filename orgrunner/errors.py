@@ -10,6 +10,8 @@ OrgrunnerError                  base; carries the exit code the CLI uses
  +-- CallNotAllowed      (-)    the call guard stopped an undeclared or mutating call;
  |                              fails the one target, never the run
  +-- TargetError         (-)    one account x region failed (role missing, access denied...)
+ +-- RecordError        (70)    the journal or the audit log could not be written: the records
+                                fail closed (a change whose intent is not durable is not applied)
 ```
 Exit codes: 0 success, 1 one or more targets failed, 2 bad input, 3 refused by safety,
 4 changes pending (a dry run with --fail-on-changes), 70 internal error, 75 another run holds the
@@ -23,6 +25,7 @@ EXIT_TARGETS_FAILED = 1
 EXIT_INPUT = 2
 EXIT_SAFETY = 3
 EXIT_CHANGES_PENDING = 4
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -59,3 +62,9 @@ class CallNotAllowed(OrgrunnerError):
 
 class TargetError(OrgrunnerError):
     """One target (account or account x region) failed; the run goes on."""
+
+
+class RecordError(OrgrunnerError):
+    """The journal or the audit log could not be written (disk full, folder gone...)."""
+
+    exit_code = EXIT_INTERNAL

@@ -4,16 +4,17 @@ the data needed to reverse it. One JSON lines file per run, read back by `orgrun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO
 
-from orgrunner.audit import now, scrub
-from orgrunner.errors import InputError
+from orgrunner.audit import injected_fault, now, scrub
+from orgrunner.errors import InputError, RecordError
 from orgrunner.escape import visible
 from orgrunner.evidence import Chain
 from orgrunner.statefiles import StateFolder
@@ -36,22 +37,36 @@ class Journal:
         self.task = task
         self.task_version = task_version
         self._lock = threading.Lock()
-        self._file: Any = None
+        self._file: IO[str] | None = None
         self._chain = Chain("journal", run_id)  # each line carries the hash of the one before it
 
     def record(self, status: str, change: Change, error: str | None = None) -> None:
         """`applying` just before the call to AWS, then the outcome (applied, failed...) after it,
-        so a process killed in between leaves the change marked as possibly applied."""
+        so a process killed in between leaves the change marked as possibly applied. Returns only
+        once the line is written and fsynced; raises RecordError otherwise (the caller must then
+        not apply the change, or must report that it was applied without its record)."""
         entry = {"ts": now(), "run_id": self.run_id, "task": self.task, "task_version": self.task_version,
                  "status": status, "error": scrub(error) if error else None, "change": change.to_dict()}
         with self._lock:
             line = self._chain.line(entry)  # change data comes from AWS reads: kept exact
-            if self._file is None:
-                self.state.folder("journal")
-                self._file = self.state.open(self.path, "a")
-            self._file.write(line + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            data = (line + "\n").encode("utf-8")
+            start = None
+            try:
+                if self._file is None:
+                    self.state.folder("journal")  # never through a link, a regular file of ours
+                    self._file = self.state.open(self.path, "a")
+                fd = self._file.fileno()  # written unbuffered: nothing is left behind to be written later
+                start = os.lseek(fd, 0, os.SEEK_END)
+                injected_fault(self.path)
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except OSError as exc:
+                if self._file is not None and start is not None:
+                    with contextlib.suppress(OSError):  # no torn line before the next record
+                        os.ftruncate(self._file.fileno(), start)
+                raise RecordError(f"journal {self.path}: {exc.strerror or exc}") from None
             self._chain.written(line)
 
     @property

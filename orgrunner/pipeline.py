@@ -15,24 +15,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from orgrunner import aws
+from orgrunner import aws, interrupt
 from orgrunner.accounts import Selection, Selectors
 from orgrunner.audit import AuditLog, scrub
 from orgrunner.confirm import (
     Armed,
     confirm_interactive,
     confirm_listed,
+    confirm_plan,
     confirm_protected,
     confirm_unguarded,
 )
 from orgrunner.credentials import RoleAssumer, RoleRequest, session_name, source_identity
 from orgrunner.errors import (
     EXIT_CHANGES_PENDING,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TARGETS_FAILED,
     EXIT_TERMINATED,
     OrgrunnerError,
+    RecordError,
     SafetyRefusal,
     Terminated,
 )
@@ -68,6 +71,7 @@ class Confirmation:
 
     accounts: set[str] | None = None
     protected: set[str] | None = None
+    plan: str | None = None  # `apply --confirm-plan`: the reviewed plan's digest, checked against the file
 
 
 @dataclass
@@ -110,14 +114,16 @@ class Pipeline:
         self.source_identity = source_identity(operator)
         self.stop = workers.stop
         self.mode: Mode = "armed" if options.arm else "dry-run"
+        self.plan_digest: str | None = None  # of the plan this run saved (--plan-out)
 
     # --- the run as a whole ------------------------------------------------------------------
 
     def execute(self) -> int:
         """Run; return the exit code. Safety refusals and input errors are raised."""
         state = state_dir()
-        lock = RunLock(state, self.selection.organization_id or "no-org", self.options.lock_name or self.cls.name,
-                       self.options.wait_for_lock)
+        lock = self.lock = RunLock(state, self.selection.organization_id or "no-org",
+                                   self.options.lock_name or self.cls.name, self.options.wait_for_lock,
+                                   writer=self.options.arm)
         with lock:
             follow = self.options.follow_symlinks
             if self.settings.audit_log is not None:
@@ -132,38 +138,55 @@ class Pipeline:
                         operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
                         selectors=self.selectors.to_dict(), regions=self.regions, role_name=self.settings.role_name,
                         role_session_name=self.session_name, source_identity=self.source_identity,
-                        targets=[a.id for a in self.selection.targets], fences=self.workers.fences_line())
+                        targets=[a.id for a in self.selection.targets], fences=self.workers.fences_line(),
+                        **({"plan_digest": self.options.expected.digest} if self.options.expected else {}))
             err(f"fences: {self.workers.fences_line()}")
             err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
                 f"role {self.settings.role_name}")
             status, code = "interrupted", EXIT_INTERRUPTED
+            raised: BaseException | None = None
             try:
                 code = self._survey() if self.options.survey else self._plan_confirm_apply()
                 if self.reporter.report_error and code == EXIT_OK:
                     code = EXIT_TARGETS_FAILED
                 status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
-                return code
             except KeyboardInterrupt as exc:
                 self.stop.set()
                 code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
                 err("interrupted: no new targets started; results so far are in the report, audit log and journal")
-                return code
             except OrgrunnerError as exc:
                 status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
-                code = exc.exit_code
-                raise
-            finally:
-                tallies = {p: self.reporter.tally_dict(p) for p in ("plan", "apply")}
-                self.journal.close()  # its head is final: the run-end names it (orgrunner.evidence)
-                audit.event("run-end", task=self.cls.name, mode=self.mode, status=status,
-                            journal_head=self.journal.head, **tallies)
-                if self.options.output_format == "json":
-                    print(json.dumps({"run_id": self.run_id, "task": self.cls.name, "mode": self.mode,
-                                      "status": status, "exit_code": code, **tallies,
-                                      "failed_targets": self.reporter.failed_targets}, indent=2), flush=True)
-                self.reporter.close()
-                self.journal.close()
-                audit.close()
+                code, raised = exc.exit_code, exc
+            except Exception as exc:  # a bug, or a fault nothing else caught: an error, never "interrupted"
+                self.stop.set()
+                status, code, raised = f"error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, exc
+            code = self._end(audit, status, code)
+            if raised is not None:
+                raise raised
+            return code
+
+    def _end(self, audit: AuditLog, status: str, code: int) -> int:
+        """Record the run's end, print the JSON summary, close the records; return the exit code,
+        never a success when the audit log could not take the `run-end` event (said on stderr)."""
+        tallies = {p: self.reporter.tally_dict(p) for p in ("plan", "apply")}
+        self.journal.close()  # its head is final: the run-end names it (orgrunner.evidence)
+        try:
+            audit.event("run-end", task=self.cls.name, mode=self.mode, status=status,
+                        journal_head=self.journal.head, **tallies)
+        except RecordError as exc:
+            err(f"orgrunner: {exc}")
+            if code in (EXIT_OK, EXIT_CHANGES_PENDING):
+                code = EXIT_INTERNAL
+        if self.options.output_format == "json":
+            print(json.dumps({"run_id": self.run_id, "task": self.cls.name, "mode": self.mode,
+                              "status": status, "exit_code": code, **tallies,
+                              "failed_targets": self.reporter.failed_targets,
+                              **({"plan_digest": self.plan_digest} if self.plan_digest else {})},
+                             indent=2), flush=True)
+        self.reporter.close()
+        self.journal.close()
+        audit.close()
+        return code
 
     def _assumer(self, phase: Literal["plan", "apply"]) -> RoleAssumer:
         request = RoleRequest(
@@ -179,6 +202,7 @@ class Pipeline:
     def _plan_confirm_apply(self) -> int:
         keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
         plan, planned_ok = self._plan(keep)
+        interrupt.check()  # from here to the start of apply an interrupt is never lost (orgrunner.interrupt)
         reporter = self.reporter
         markdown = self.options.output_format == "markdown"
         if not markdown:
@@ -201,10 +225,13 @@ class Pipeline:
         if markdown:
             self._markdown([])
         armed = self._confirm(plan)
+        interrupt.check()
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
-        with reporter.progress("apply", sum(1 for c in plan.values() if c)):
-            self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
-                          reporter.result)
+        with self.lock.applying():  # dry runs of this task wait while changes are applied
+            interrupt.check()  # the last instant before apply starts
+            with reporter.progress("apply", sum(1 for c in plan.values() if c)):
+                self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
+                              reporter.result)
         reporter.echo(reporter.apply_summary())
         for line in self.final_lines(applied=True):
             reporter.echo(line)
@@ -309,6 +336,10 @@ class Pipeline:
             for result in self.workers.finish():
                 take(result)
             raise
+        finally:  # `take` raised (a record could not be written): stop the pool here, not in whichever
+            close = getattr(results, "close", None)  # thread the garbage collector finalizes it on
+            if close is not None:
+                close()
 
     def _intent(self, target: Target, change: Change) -> None:
         """Called (from the thread reading a worker) before the worker may apply `change`; it
@@ -323,14 +354,20 @@ class Pipeline:
                                "status": outcome.status, "error": outcome.error})
 
     def _save(self, plan: dict[Target, list[Change]], planned_ok: list[Target]) -> None:
-        assert self.options.plan_out is not None
-        SavedPlan(
+        """Write the plan file and bind it to this run: its digest and what it targets go to the
+        audit log (`plan-saved`), where `apply` looks for them."""
+        path = self.options.plan_out
+        assert path is not None
+        saved = SavedPlan(
             run_id=self.run_id, task=self.cls.name, task_version=self.cls.version, caller=self.caller.arn,
             role_name=self.settings.role_name, regions=self.regions,
             policies={p: session_policy(self.cls, p) for p in ("plan", "apply")},
             targets=planned_ok, changes=plan,
-        ).write(self.options.plan_out, self.options.follow_symlinks)
-        err(f"plan written to {self.options.plan_out}")
+        )
+        digest = self.plan_digest = saved.write(path, self.options.follow_symlinks)
+        self.reporter.audit.event("plan-saved", path=str(path.resolve()), digest=digest, **saved.binding())
+        err(f"plan written to {path}, digest {digest}")
+        err(f"apply it here with `orgrunner apply {path}`; elsewhere (a pipeline) with --confirm-plan {digest}")
 
     def _check_drift(self, live: dict[Target, list[Change]], plan_failed: bool) -> None:
         saved = self.options.expected
@@ -350,21 +387,31 @@ class Pipeline:
         err(f"the live plan equals the saved plan {saved.run_id}")
 
     def _confirm(self, plan: dict[Target, list[Change]]) -> Armed:
-        """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise."""
+        """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise.
+
+        `--confirm-accounts`, whenever given, must name exactly the accounts with planned changes.
+        `apply` (a saved plan) always needs a confirmation, destructive or not: the typed answer,
+        `--confirm-accounts`, or `--confirm-plan` (whose digest the CLI has checked against the file).
+        """
         name = self.cls.name
         stated = self.options.stated
         accounts = {t.account_id for t, changes in plan.items() if changes}
         interactive = sys.stdin.isatty()
         protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
         confirm_protected(protected, _ask if interactive else None, stated.protected)
-        destructive = any(c.destructive for changes in plan.values() for c in changes)
-        if not destructive:
-            err(f"{name}: every planned change only tightens a setting; --arm is confirmation enough")
-            return confirm_unguarded(name, accounts)
         if stated.accounts is not None:
             return confirm_listed(name, accounts, {a.id for a in self.selection.targets}, stated.accounts)
+        saved = self.options.expected
+        if saved is not None and stated.plan is not None and stated.plan == saved.digest:
+            err(f"{name}: confirmed by --confirm-plan {stated.plan}")
+            return confirm_plan(name, accounts, stated.plan)
+        destructive = any(c.destructive for changes in plan.values() for c in changes)
+        if not destructive and saved is None:
+            err(f"{name}: every planned change only tightens a setting; --arm is confirmation enough")
+            return confirm_unguarded(name, accounts)
         if not interactive:
-            raise SafetyRefusal("an armed run without a terminal needs --confirm-accounts naming the accounts "
+            how = "--confirm-accounts or --confirm-plan" if saved is not None else "--confirm-accounts"
+            raise SafetyRefusal(f"an armed run without a terminal needs {how} naming the accounts "
                                 f"with planned changes ({len(accounts)}); nothing applied")
         err(f"{name} will change {len(accounts)} account(s):")
         view = self.reporter.view
@@ -381,6 +428,8 @@ class Pipeline:
 
 
 def _ask(prompt: str) -> str:
+    """Ask at the terminal; an interrupt before or while waiting ends the wait (raised)."""
+    interrupt.check()
     print(visible(prompt), end="", file=sys.stderr, flush=True)
-    return sys.stdin.readline()
+    return interrupt.readline(sys.stdin)
 

@@ -99,33 +99,37 @@ class _Pool:
     workers: int
     stop: threading.Event
     results: queue.Queue[TargetResult] = field(default_factory=queue.Queue)
-    _pending: set[Future[None]] = field(default_factory=set)
+    _pending: dict[Future[None], tuple[Target, Phase]] = field(default_factory=dict)  # job -> whose it is
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="orgrunner")
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> bool:
-        """Schedule a job; False once the pool is stopping (nothing new starts after an interrupt)."""
+    def submit(self, fn: Callable[..., None], pool: _Pool, target: Target, *args: Any, phase: Phase = "plan") -> bool:
+        """Schedule a job working for `target`; False once the pool is stopping (nothing new starts
+        after an interrupt)."""
         with self._lock:
             if self.stop.is_set():
                 return False
             try:
-                future = self._executor.submit(fn, *args)
+                future = self._executor.submit(fn, pool, target, *args)
             except RuntimeError:  # shut down between the check and the submit
                 return False
-            self._pending.add(future)
+            self._pending[future] = (target, phase)
         future.add_done_callback(self._done)
         return True
 
     def _done(self, future: Future[None]) -> None:
+        """A job ended. One that raised instead of reporting (a bug) fails its own target, never a
+        phantom `?`; its result is queued before it leaves `_pending`, so a drain never finds the
+        pool idle with a result still to come."""
         with self._lock:
-            self._pending.discard(future)
-        if future.cancelled():  # an interrupt cancelled it before it started
-            return
-        if future.exception() is not None:  # a job must report through results; this is a bug
-            self.results.put(TargetResult(Target("?", "?"), "plan", "failed",
-                                          error=describe_error(future.exception())))  # type: ignore[arg-type]
+            target, phase = self._pending[future]
+        exc = None if future.cancelled() else future.exception()  # cancelled: by an interrupt, before it started
+        if exc is not None:
+            self.results.put(TargetResult(target, phase, "failed", error=describe_error(exc)))
+        with self._lock:
+            del self._pending[future]
 
 class CredentialSource(Protocol):
     """Where a runner gets an account's credentials: in a worker process, those the parent sent."""
@@ -244,7 +248,7 @@ class Runner:
             return
         self._opened(work[0][0].account_id, len(work))
         for target, changes in work:
-            if not pool.submit(self._apply_target, pool, target, changes, armed):
+            if not pool.submit(self._apply_target, pool, target, changes, armed, phase="apply"):
                 pool.results.put(TargetResult(target, "apply", "skipped", changes=tuple(changes), error=NOT_STARTED))
                 self._close(target.account_id)
 

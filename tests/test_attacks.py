@@ -5,12 +5,21 @@ Sections are appended by the branch that closes them; a reviewer adds an attack 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
+import random
+import signal
 import stat
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +27,9 @@ import pexpect
 import pyte
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox import SandboxOrg, seed_organization
 from tests.cli import Cli, orgrunner_command
-from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids
+from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids, member_client
 
 # === Records are evidence (issue #17) ===========================================================
 # Section 3: nothing from AWS, a file or task code reaches the terminal raw.
@@ -630,3 +639,530 @@ def test_retry_failed_with_a_hand_written_line_naming_the_management_account_nee
     assert "management account (use --include-management)" in result.stderr, result.stderr
     assumed = {r["target_account"] for r in emulator.requests()[mark:] if r["operation"] == "AssumeRole"}
     assert org.management_account_id not in assumed
+
+
+# === Fail closed: saved plans, records, interrupts (issue #16, w16) =============================
+# Each case drives the installed `orgrunner` against the emulated organization and checks what it
+# printed, what it recorded and what the emulated accounts now contain. docs/reliability.md lists
+# the same attacks and the behaviour that holds.
+
+IAM_TASK = "iam-password-policy"
+SG_TASK = "strip-default-sg"
+CIS = {"MinimumPasswordLength": 14, "RequireSymbols": True, "RequireNumbers": True,
+       "RequireUppercaseCharacters": True, "RequireLowercaseCharacters": True,
+       "AllowUsersToChangePassword": True, "PasswordReusePrevention": 24}
+
+
+def check(result: subprocess.CompletedProcess[str], code: int) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == code, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def writes_since(emulator: EmulatorClient, mark: int) -> list[dict[str, Any]]:
+    """Every call since `mark` that could have changed something in an emulated account."""
+    reads = ("Get", "List", "Describe", "AssumeRole")
+    return [r for r in emulator.requests()[mark:] if not r["operation"].startswith(reads)]
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `orgrunner:` line a refused command printed."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("orgrunner: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def digest(document: dict[str, Any]) -> str:
+    """The documented digest of a plan, computed here independently of orgrunner's code:
+    SHA-256 of the sorted-key, whitespace-free JSON, UTF-8."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def save_iam_plan(cli: Cli, path: Path, *args: str) -> dict[str, Any]:
+    check(cli.run("run", IAM_TASK, "--dry-run", "--plan-out", str(path), *args), 0)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def password_policy(emulator: EmulatorClient, account: str) -> dict[str, Any] | None:
+    iam = member_client(emulator.url, account, "iam")
+    try:
+        policy: dict[str, Any] = iam.get_account_password_policy()["PasswordPolicy"]
+    except iam.exceptions.NoSuchEntityException:
+        return None
+    return policy
+
+
+# =================================================================================================
+# 1. A saved plan is a reviewed document, not a set of instructions (issue #16, w16)
+# =================================================================================================
+
+def test_a_hand_edited_plan_cannot_add_the_management_account_or_another_role(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Attack: take a dry-run plan of iam-password-policy for one member, add the management account
+    (with the change copied from another dry run) and `role_name: SomeOtherRole`, then
+    `orgrunner apply plan.json` with no confirmation, no terminal, no --include-management.
+    Must hold: refused (exit 3) in one line naming what differs from the plan its run saved;
+    no write reaches any account, the management account least of all."""
+    member, management = org.accounts["dev-app-1"], org.management_account_id
+    plan = save_iam_plan(cli, tmp_path / "plan.json", "--account", member)
+    other = save_iam_plan(cli, tmp_path / "other.json", "--account", management, "--include-management")
+    plan["targets"] += other["targets"]
+    plan["changes"] += other["changes"]
+    plan["role_name"] = "SomeOtherRole"
+    (tmp_path / "plan.json").write_text(json.dumps(plan, indent=2))
+    mark = len(emulator.requests())
+
+    result = check(cli.run("apply", str(tmp_path / "plan.json")), 3)
+
+    line = refusal(result)
+    assert f"differs from the plan run {plan['run_id']} saved" in line
+    assert "role_name SomeOtherRole (saved OrganizationAccountAccessRole)" in line and f"+{management}" in line
+    assert "nothing applied" in line
+    assert writes_since(emulator, mark) == []
+    assert password_policy(emulator, management) is None and password_policy(emulator, member) is None
+
+
+def test_apply_never_applies_a_non_destructive_plan_without_a_confirmation(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Attack: a genuine saved plan whose every change only tightens (a run would need `--arm`
+    alone), applied with no confirmation and no terminal.
+    Must hold: `apply` is the write step and always wants a confirmation: refused, exit 3."""
+    account = org.accounts["sandbox-1"]
+    save_iam_plan(cli, tmp_path / "plan.json", "--account", account)
+    mark = len(emulator.requests())
+    result = check(cli.run("apply", str(tmp_path / "plan.json"), stdin=f"{account}\n"), 3)
+    assert "--confirm-accounts or --confirm-plan" in refusal(result)
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, account) is None
+    # confirmed, it applies
+    check(cli.run("apply", str(tmp_path / "plan.json"), "--confirm-accounts", account), 0)
+    assert password_policy(emulator, account) is not None
+
+
+def test_a_plan_saved_elsewhere_applies_only_with_its_reviewed_digest(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Attack: apply a plan file in a state folder that never saw it (another machine, a pipeline),
+    first without any digest, then with the digest of another plan, then after editing one value.
+    Must hold: each refused (exit 3, one line); only `--confirm-plan` with the digest the saving dry
+    run printed (sha256 of the canonical JSON) applies, and it counts as the confirmation."""
+    account = org.accounts["dev-app-2"]
+    path = tmp_path / "plan.json"
+    plan = save_iam_plan(cli, path, "--account", account)
+    saving = [e for e in cli.audit() if e["event"] == "plan-saved"]
+    assert len(saving) == 1 and saving[0]["digest"] == digest(plan)
+    assert {k: saving[0][k] for k in ("task", "task_version", "role_name", "regions", "targets")} == {
+        "task": IAM_TASK, "task_version": plan["task_version"], "role_name": "OrganizationAccountAccessRole",
+        "regions": None, "targets": [account]}
+    elsewhere = cli.env(XDG_STATE_HOME=str(tmp_path / "pipeline-state"))
+    mark = len(emulator.requests())
+
+    line = refusal(check(cli.run("apply", str(path), "--confirm-accounts", account, env=elsewhere), 3))
+    assert "not saved by a dry run recorded in this state folder" in line and "--confirm-plan" in line
+    line = refusal(check(cli.run("apply", str(path), "--confirm-plan", "0" * 64, env=elsewhere), 3))
+    assert f"has digest {digest(plan)}, not the --confirm-plan digest {'0' * 64}" in line
+    reviewed = digest(plan)
+    path.write_text(json.dumps({**plan, "role_name": "SomeOtherRole"}))
+    line = refusal(check(cli.run("apply", str(path), "--confirm-plan", reviewed, env=elsewhere), 3))
+    assert "not the --confirm-plan digest" in line
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, account) is None
+
+    # presentation is not content: the reviewed plan re-indented, keys reordered, still applies
+    path.write_text(json.dumps(dict(reversed(list(plan.items())))))
+    result = check(cli.run("apply", str(path), "--confirm-plan", f"sha256:{reviewed}", env=elsewhere), 0)
+    assert f"confirmed by --confirm-plan {reviewed}" in result.stderr
+    assert password_policy(emulator, account) is not None
+
+
+def test_apply_applies_the_target_rules_of_run_again(cli: Cli, emulator: EmulatorClient, org: SandboxOrg,
+                                                    tmp_path: Path) -> None:
+    """Attack: a plan that legitimately included the management account (saved with
+    --include-management), applied without --include-management.
+    Must hold: refused (exit 3) naming the management account; applied only when the flag is given
+    again."""
+    management = org.management_account_id
+    save_iam_plan(cli, tmp_path / "plan.json", "--account", management, "--include-management")
+    mark = len(emulator.requests())
+    line = refusal(check(cli.run("apply", str(tmp_path / "plan.json"), "--confirm-accounts", management), 3))
+    assert management in line and "--include-management" in line and "nothing applied" in line
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, management) is None
+    check(cli.run("apply", str(tmp_path / "plan.json"), "--confirm-accounts", management, "--include-management"), 0)
+    assert password_policy(emulator, management) is not None
+
+
+def test_apply_refuses_protected_accounts_without_their_own_confirmation(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Attack: a plan saved with --include-protected for a protected account, applied without
+    --include-protected, then with it but without the protected accounts' own confirmation.
+    Must hold: both refused (exit 3), nothing written; applied with both."""
+    config = tmp_path / "settings.yaml"
+    config.write_text("protected_accounts:\n  name_patterns: ['prod-app-*']\n")
+    account = org.accounts["prod-app-1"]
+    save_iam_plan(cli, tmp_path / "plan.json", "--account", account, "--include-protected", "--config", str(config))
+    apply = ("apply", str(tmp_path / "plan.json"), "--config", str(config), "--confirm-accounts", account)
+    mark = len(emulator.requests())
+    line = refusal(check(cli.run(*apply), 3))
+    assert account in line and "--include-protected" in line
+    line = refusal(check(cli.run(*apply, "--include-protected"), 3))
+    assert "--confirm-protected" in line
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, account) is None
+    check(cli.run(*apply, "--include-protected", "--confirm-protected", account), 0)
+    assert password_policy(emulator, account) is not None
+
+
+@pytest.mark.parametrize("who", ["suspended", "unknown"])
+def test_a_reviewed_plan_naming_a_suspended_or_unknown_account_is_refused(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path, who: str) -> None:
+    """Attack: a plan whose digest was approved (`--confirm-plan`) but which names a SUSPENDED account,
+    or an account id that is not in the organization.
+    Must hold: the digest confirms the document, not the targets: refused, exit 3, naming the account."""
+    member = org.accounts["dev-app-1"]
+    plan = save_iam_plan(cli, tmp_path / "plan.json", "--account", member)
+    stranger = org.suspended_account_id if who == "suspended" else "999999999999"
+    target = {**plan["targets"][0], "account": stranger, "account_name": "x"}
+    change = {**plan["changes"][0], "account_id": stranger}
+    plan = {**plan, "targets": [*plan["targets"], target], "changes": [*plan["changes"], change]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    mark = len(emulator.requests())
+    line = refusal(check(cli.run("apply", str(tmp_path / "plan.json"), "--confirm-plan", digest(plan)), 3))
+    assert stranger in line and ("SUSPENDED" in line if who == "suspended" else "not in this organization" in line)
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, member) is None
+
+
+def test_confirm_accounts_is_checked_on_a_run_that_needs_no_confirmation(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: `run --arm` of a plan that only tightens (where `--arm` alone would do), with a
+    --confirm-accounts that names the wrong account.
+    Must hold: a stated confirmation is always checked with the exact-set rules: refused, exit 3."""
+    account, other = org.accounts["sandbox-2"], org.accounts["sandbox-1"]
+    mark = len(emulator.requests())
+    line = refusal(check(cli.run("run", IAM_TASK, "--arm", "--account", account, "--confirm-accounts", other), 3))
+    assert account in line and "does not include" in line
+    assert writes_since(emulator, mark) == [] and password_policy(emulator, account) is None
+
+
+# =================================================================================================
+# 2. Records fail closed (issue #16, w16)
+# =================================================================================================
+# Faults are real where the kernel gives them: a file in place of the journal folder (ENOTDIR),
+# /dev/full as the journal file (ENOSPC). To fail a record write at every point of a run, the one
+# test-only switch ORGRUNNER_TEST_FAIL_RECORD_WRITE=N (N+: that write and every later one) makes the
+# Nth record write of the process (journal lines and audit events, in the order made) fail with
+# ENOSPC where it would reach the file; unset, it does nothing. No orgrunner internals are patched.
+
+FAULT = "ORGRUNNER_TEST_FAIL_RECORD_WRITE"
+PROMPT = r"To apply, type [^\n]*: "
+
+
+def state_folder(cli: Cli) -> Path:
+    return cli.home / "state" / "orgrunner"
+
+
+def journal_entries(cli: Cli) -> list[dict[str, Any]]:
+    folder = state_folder(cli) / "journal"
+    if not folder.is_dir():
+        return []
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()
+            if line.strip()]
+
+
+def revokes_since(emulator: EmulatorClient, mark: int) -> list[dict[str, Any]]:
+    """The revokes that reached AWS and succeeded: what was really changed."""
+    return [r for r in emulator.requests()[mark:] if r["operation"].startswith("Revoke") and r["status"] == 200]
+
+
+def run_end(cli: Cli) -> dict[str, Any]:
+    return [e for e in cli.audit() if e["event"] == "run-end"][-1]
+
+
+def assert_no_phantom(result: subprocess.CompletedProcess[str]) -> None:
+    """Every result line names a real target: never the `? - ?` of a job that raised."""
+    for line in (result.stdout + result.stderr).splitlines():
+        assert not line.startswith("? "), line
+
+
+def test_a_file_in_place_of_the_journal_folder_applies_nothing_and_fails_the_run(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: the journal folder is replaced by a file (ENOTDIR), then an armed run.
+    Must hold: no change is applied without its durable `applying` record: every target fails
+    naming the journal, nothing reaches AWS, no phantom `?` line, `run-end: failed`, exit 1."""
+    accounts = [org.accounts["dev-app-1"], org.accounts["sandbox-1"]]
+    state_folder(cli).mkdir(parents=True)
+    (state_folder(cli) / "journal").write_text("not a folder\n")
+    mark = len(emulator.requests())
+    args = [x for a in accounts for x in ("--account", a)]
+    result = cli.run("run", SG_TASK, "--arm", *args, "--region", "us-east-1", "--confirm-accounts", ",".join(accounts))
+    check(result, 1)
+    assert_no_phantom(result)
+    failed = [line for line in result.stdout.splitlines() if " FAILED: " in line]
+    assert sorted(line.split()[0] for line in failed) == sorted(accounts), result.stdout
+    assert all("not applied: its intent could not be recorded: journal" in line
+               and ("File exists" in line or "Not a directory" in line) for line in failed), failed
+    assert "Apply: 2 target(s) in 2 account(s): 2 failed; 2 target(s) failed." in result.stdout
+    assert revokes_since(emulator, mark) == []
+    assert run_end(cli)["status"] == "failed"
+
+
+def test_dev_full_as_the_journal_file_applies_nothing(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: the run's journal file is /dev/full (every write: ENOSPC), placed while the armed run
+    waits at its prompt. Must hold: the change is not applied, the target fails naming the full
+    disk, exit 1."""
+    account = org.accounts["dev-app-2"]
+    child = cli.spawn("run", SG_TASK, "--arm", "--account", account, "--region", "us-east-1", timeout=90)
+    child.expect(r"run (\d{8}T\d{6}Z-[0-9a-f]{6}): ")
+    run_id = child.match.group(1)
+    child.expect(r"To apply, type [^\n]*: ")
+    (state_folder(cli) / "journal").mkdir(parents=True, exist_ok=True)
+    (state_folder(cli) / "journal" / f"{run_id}.jsonl").symlink_to("/dev/full")
+    mark = len(emulator.requests())
+    child.sendline(account)
+    child.expect(r"Apply: [^\n]*\n")
+    output = child.before + child.after
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1, output
+    assert "not applied: its intent could not be recorded: journal" in output
+    assert revokes_since(emulator, mark) == []
+    assert run_end(cli)["status"] == "failed"
+
+
+def test_an_unwritable_audit_log_stops_the_run_before_anything_exit_70(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: an audit log that cannot be written (every write fails from the first one).
+    Must hold: the run stops at once, one line naming the audit log, exit 70; nothing reaches AWS
+    but the reads that found the caller and the organization."""
+    account = org.accounts["dev-app-1"]
+    mark = len(emulator.requests())
+    result = check(cli.run("run", SG_TASK, "--arm", "--account", account, "--region", "us-east-1",
+                           "--confirm-accounts", account, env=cli.env(**{FAULT: "1+"})), 70)
+    line = refusal(result)
+    assert "audit log" in line and "run-start could not be written" in line and "No space left on device" in line
+    assert writes_since(emulator, mark) == []
+    assert [r for r in emulator.requests()[mark:] if r["operation"] == "AssumeRole"] == []
+
+
+def test_a_record_write_failing_at_any_point_never_loses_a_change_or_exits_0(
+        cli: Cli, emulator: EmulatorClient) -> None:
+    """Attack: fail the Nth record write (journal line or audit event) of an armed run over two
+    targets applied in parallel, for every N from the first write to the last.
+    Must hold, for every N: never exit 0; no phantom target; every revoke that reached AWS has its
+    `applying` line in the journal (the intent was durable first); a change whose outcome or audit
+    event could not be written after AWS applied it is named on the output; a failure before apply
+    (run-start, planned, confirmed) stops the run (exit 70) with nothing written."""
+    org = seed_organization(emulator.url, member_count=12, regions=("us-east-1", "eu-west-1"))
+    accounts = sorted(org.accounts.values())
+    # writes of one run: run-start, 2 planned, confirmed, 2 x (intent, outcome, applied), run-end
+    total = 11
+    for n in range(1, total + 2):
+        account = accounts[n - 1]
+        mark = len(emulator.requests())
+        result = cli.run("run", SG_TASK, "--arm", "--account", account, "--region", "us-east-1", "--region",
+                         "eu-west-1", "--concurrency", "2", "--confirm-accounts", account,
+                         env=cli.env(**{FAULT: str(n)}))
+        why = (n, result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, why
+        assert_no_phantom(result)
+        revoked = revokes_since(emulator, mark)
+        groups = {(r["account"], r["region"]) for r in revoked}
+        entries = [e for e in journal_entries(cli) if e["change"]["account_id"] == account]
+        intents = {(e["change"]["account_id"], e["change"]["region"]) for e in entries if e["status"] == "applying"}
+        assert groups <= intents, why  # nothing reached AWS without its durable intent
+        if n > total:  # past the last write: a clean run
+            assert result.returncode == 0 and len(groups) == 2, why
+            continue
+        assert result.returncode != 0, why
+        if n <= 4:  # run-start, planned, confirmed: the audit log stops the run before any write
+            assert result.returncode == 70 and revoked == [], why
+            continue
+        outcomes = {(e["change"]["account_id"], e["change"]["region"]) for e in entries if e["status"] == "applied"}
+        audited = {(e["account"], e["region"]) for e in cli.audit() if e["event"] == "applied"
+                   and e["account"] == account}
+        for region in {r for _, r in groups - (outcomes & audited)}:  # applied, record lost: said
+            assert any(account in line and region in line and "record could not be written" in line
+                       for line in result.stdout.splitlines()), why
+
+
+# =================================================================================================
+# 4. Smaller holes (issue #16, w16)
+# =================================================================================================
+
+def test_an_unexpected_exception_ends_the_run_as_an_error_not_as_interrupted(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: a fault nothing in the run expects: the --report file is /dev/full (ENOSPC on the
+    first line). Must hold: one line, exit 70, and the audit log's run-end says `error: ...`, not
+    `interrupted`."""
+    result = check(cli.run("run", SG_TASK, "--account", org.accounts["dev-app-1"], "--region", "us-east-1",
+                           "--report", "/dev/full"), 70)
+    assert "No space left on device" in refusal(result)
+    status = run_end(cli)["status"]
+    assert status.startswith("error: OSError") and "No space left on device" in status, status
+
+
+def test_an_account_whose_regions_cannot_be_listed_has_its_credentials_forgotten(
+        emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: DescribeRegions fails for an account (its role works, the call is refused).
+    Must hold: its credentials are dropped like any finished account's (a later use assumes the
+    role again), so they are neither kept in memory nor kept registered with the scrubber."""
+    from orgrunner import aws
+    from orgrunner.accounts import Account
+    from orgrunner.credentials import RoleAssumer, RoleRequest
+    from orgrunner.runner import Runner
+    from orgrunner.task import configure, load_tasks
+
+    account = org.accounts["sandbox-2"]
+    emulator.add_rule(service="ec2", operation="DescribeRegions", account=account, code="UnauthorizedOperation",
+                      message="You are not authorized to perform this operation.", status=403)
+    assumer = RoleAssumer(aws.Session.from_profile(None),
+                          RoleRequest(role_name="OrganizationAccountAccessRole", session_name="or.attack.x",
+                                      source_identity="attack", policy=""))
+    task = configure(load_tasks().get(SG_TASK), Path(__file__).resolve().parents[1] / "config")
+    results = list(Runner(task, assumer, 2).plan([Account(account, "sandbox-2", "x@example.com", "ACTIVE")], None))
+    assert [r.status for r in results] == ["failed"] and "UnauthorizedOperation" in (results[0].error or "")
+    assert assumer.assume_calls == 1
+    assumer.credentials(account)
+    assert assumer.assume_calls == 2, "the failed account's credentials were still cached"
+
+
+def test_an_armed_value_of_another_task_opens_no_apply_context(org: SandboxOrg) -> None:
+    """Attack: hand the apply phase of one task the `Armed` value a confirmation made for another
+    task covering the same account. Must hold: no ApplyContext opens (it checks the task too)."""
+    from orgrunner.confirm import confirm_unguarded
+    from orgrunner.task import ApplyContext, Target, configure, load_tasks
+
+    account = org.accounts["dev-app-1"]
+    task = configure(load_tasks().get(SG_TASK), Path(__file__).resolve().parents[1] / "config")
+    with pytest.raises(TypeError, match="of this task"):
+        ApplyContext(task, Target(account, "us-east-1"), lambda service, phase: None,
+                     confirm_unguarded(IAM_TASK, {account}))
+    ApplyContext(task, Target(account, "us-east-1"), lambda service, phase: None,
+                 confirm_unguarded(SG_TASK, {account}))  # its own task's value does
+
+
+def test_a_dry_run_is_not_blocked_by_an_armed_run_waiting_at_its_prompt(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack (on availability): an operator leaves an armed run at its prompt; the nightly drift
+    check (a dry run) and a `--plan-out` of the same task start meanwhile, and a second writer too.
+    Must hold: both dry runs complete (exit 0), a dry run takes a shared lock; the second writer is
+    refused (75), writers hold an exclusive one; the operator's run then applies as confirmed."""
+    account, other = org.accounts["sandbox-1"], org.accounts["sandbox-2"]
+    child = cli.spawn("run", SG_TASK, "--arm", "--account", account, "--region", "us-east-1", timeout=90)
+    child.expect(PROMPT)
+    check(cli.run("run", SG_TASK, "--account", other, "--region", "us-east-1", "--fail-on-changes"), 4)
+    check(cli.run("run", SG_TASK, "--account", other, "--plan-out", str(cli.home / "p.json")), 0)
+    line = refusal(check(cli.run("run", SG_TASK, "--arm", "--account", other, "--confirm-accounts", other), 75))
+    assert "another armed run, apply or undo holds the lock" in line
+    child.sendline(account)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert {r["account"] for r in revokes_since(emulator, 0)} == {account}
+
+
+# =================================================================================================
+# 5. An interrupt between planning and apply always ends the run (issue #16, w16)
+# =================================================================================================
+
+
+@contextlib.contextmanager
+def cpus_kept_busy(count: int = 2) -> Iterator[None]:
+    """`count` busy loops in the background: the scheduler is as contended as on a loaded machine."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+@dataclass
+class Delivery:
+    point: str  # after the last plan result, at the prompt, or just after the answer
+    delay: float
+    account: str
+    state: Path
+    code: int | None = None
+    seconds: float = 0.0
+    output: str = ""
+
+
+def deliver(cli: Cli, delivery: Delivery) -> None:
+    """Run an armed strip-default-sg at a terminal and send it SIGINT at `delivery`'s instant."""
+    env = cli.env(XDG_STATE_HOME=str(delivery.state))
+    child = pexpect.spawn(orgrunner_command(), ["run", SG_TASK, "--arm", "--account", delivery.account, "--region",
+                                                "us-east-1"], env=env, cwd=str(cli.home), encoding="utf-8",
+                          timeout=120, dimensions=(50, 200))
+    try:
+        if delivery.point == "after-plan":
+            child.expect(r"us-east-1 +1 change\(s\)")
+        else:
+            child.expect(PROMPT)
+            if delivery.point == "after-answer":
+                child.sendline(delivery.account)
+        time.sleep(delivery.delay)
+        sent = time.monotonic()
+        child.kill(signal.SIGINT)
+        try:
+            child.expect(pexpect.EOF, timeout=20)
+        except pexpect.TIMEOUT:
+            delivery.output = child.before + f"\n[no exit 20 s after SIGINT; threads: {threads_of(child.pid)}]"
+            Path("/tmp/w16_hang.txt").write_text(delivery.output)
+            child.kill(signal.SIGKILL)
+            return
+        delivery.seconds = time.monotonic() - sent
+        delivery.output = child.before
+        child.close()
+        delivery.code = child.exitstatus
+    finally:
+        if child.isalive():
+            child.kill(signal.SIGKILL)
+
+
+def threads_of(pid: int) -> list[str]:
+    folder = Path(f"/proc/{pid}/task")
+    return [(folder / t / "comm").read_text().strip() for t in os.listdir(folder)] if folder.exists() else []
+
+
+def test_sigint_at_any_instant_between_plan_and_apply_exits_130_at_once_applying_nothing(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: Ctrl-C (SIGINT) at many instants between the end of planning and the start of apply
+    (as the last plan result is printed, while the progress display stops, at the prompt, just
+    after the answer), with both CPUs kept busy, 8 runs at a time.
+    Must hold, every time: exit 130 within seconds (a hang is caught at 20 s and its threads shown);
+    nothing applied unless the apply had started, and then every applied change is in the journal."""
+    accounts = sorted(org.accounts.values())
+    rng = random.Random(16)
+    deliveries = []
+    with cpus_kept_busy():
+        for batch in range(6):
+            if batch:
+                org = seed_organization_again(emulator)
+                accounts = sorted(org.accounts.values())
+            points = ["after-plan"] * 3 + ["at-prompt"] * 3 + ["after-answer"] * 2
+            wave = [Delivery(point, rng.uniform(0, 0.25 if point != "after-answer" else 0.05), accounts[i],
+                             cli.home / f"state-{batch}-{i}") for i, point in enumerate(points)]
+            mark = len(emulator.requests())
+            threads = [threading.Thread(target=deliver, args=(cli, d)) for d in wave]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            revoked = {r["account"] for r in revokes_since(emulator, mark)}
+            for d in wave:
+                why = (d.point, round(d.delay, 3), d.code, d.output[-1500:])
+                assert d.code == 130, why
+                assert "Traceback" not in d.output, why
+                if d.account in revoked:  # the apply had started: what it applied is on record
+                    assert d.point == "after-answer", why
+                    journal = [json.loads(line) for p in (d.state / "orgrunner" / "journal").glob("*.jsonl")
+                               for line in p.read_text().splitlines()]
+                    assert any(e["status"] == "applied" for e in journal), why
+            deliveries += wave
+    seconds = sorted(d.seconds for d in deliveries)
+    print(f"\n{len(deliveries)} SIGINTs: exit after {seconds[len(seconds) // 2]:.2f} s (median), "
+          f"{seconds[-1]:.2f} s (slowest)")
+
+
+def seed_organization_again(emulator: EmulatorClient) -> SandboxOrg:
+    emulator.reset()
+    return seed_organization(emulator.url)

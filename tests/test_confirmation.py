@@ -154,6 +154,8 @@ def test_more_than_ten_accounts_want_the_count_and_task_name(cli: Cli, emulator:
     wrong = {
         "a wrong count": f"11 {TASK}",
         "all the ids": " ".join(accounts),
+        "yes": "yes",
+        "y": "y",
     }
     for why, answer in wrong.items():
         mark = len(emulator.requests())

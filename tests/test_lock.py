@@ -1,5 +1,6 @@
-"""One run at a time per task and organization: a second run exits 75 naming the lock, or waits
-with `--wait-for-lock SECONDS`; another task is not blocked; a killed run's lock blocks nothing."""
+"""One writer at a time per task and organization: a second armed run exits 75 naming the lock, or
+waits with `--wait-for-lock SECONDS`; dry runs are not blocked by a writer that plans or waits at
+its prompt; another task is not blocked; a killed run's lock blocks nothing."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ PROBE_TASK = '''
 '''
 
 
+def writer(account: str) -> tuple[str, ...]:
+    """The arguments (beside `run strip-default-sg --arm`) of an unattended writer of one account."""
+    return ("--confirm-accounts", account, "--account", account)
+
+
 def check(result: subprocess.CompletedProcess[str], code: int) -> subprocess.CompletedProcess[str]:
     assert result.returncode == code, (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
     assert "Traceback" not in result.stderr
@@ -66,14 +72,14 @@ class Holder:
 
 @contextlib.contextmanager
 def holding_the_lock(cli: Cli, emulator: EmulatorClient, org: SandboxOrg, *args: str) -> Iterator[Holder]:
-    """`orgrunner run strip-default-sg ARGS` made slow by the emulator, started in the background;
-    yields once it holds the lock (its pid is in the lock file)."""
+    """`orgrunner run strip-default-sg --arm ARGS` (a writer) made slow by the emulator, started in the
+    background; yields once it holds the writers' lock (its pid is in the lock file)."""
     # only the holder's first read of the rules is slow: the runs after it go at full speed
     emulator.add_rule(service="ec2", operation="DescribeSecurityGroupRules", region="us-east-1", latency_ms=SLOW_MS,
                       times=1)
     out, err = cli.home / f"holder-{time.monotonic_ns()}.out", cli.home / f"holder-{time.monotonic_ns()}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen([orgrunner_command(), "run", "strip-default-sg", *args], env=cli.env(),
+        process = subprocess.Popen([orgrunner_command(), "run", "strip-default-sg", "--arm", *args], env=cli.env(),
                                    cwd=cli.home, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     holder = Holder(process, out, err)
     try:
@@ -116,14 +122,14 @@ def rule_count(url: str, account: str, region: str) -> int:
 
 def test_a_second_run_exits_75_naming_the_lock(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
     account = org.accounts["dev-app-1"]
-    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
         started = time.monotonic()
-        second = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1"), 75)
+        second = check(cli.run("run", "strip-default-sg", "--arm", *writer(account), "--region", "us-east-1"), 75)
         assert first.process.poll() is None, "the first run ended before the second was refused: make it slower"
         assert time.monotonic() - started < SLOW_MS / 1000 + 30
         lines = [line for line in second.stderr.splitlines() if line.startswith("orgrunner: ")]
         assert len(lines) == 1, second.stderr
-        assert "another run holds the lock" in lines[0]
+        assert "another armed run, apply or undo holds the lock" in lines[0]
         assert str(lock_file(cli, org)) in lines[0]
         assert f"pid {first.process.pid}" in lines[0]
         assert "--wait-for-lock" in lines[0]
@@ -136,12 +142,12 @@ def test_a_second_run_exits_75_naming_the_lock(cli: Cli, emulator: EmulatorClien
 def test_waiting_for_the_lock_runs_after_the_first_has_finished(cli: Cli, emulator: EmulatorClient,
                                                                org: SandboxOrg) -> None:
     account = org.accounts["dev-app-1"]
-    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
-        timed_out = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1",
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
+        timed_out = check(cli.run("run", "strip-default-sg", "--arm", *writer(account), "--region", "us-east-1",
                                   "--wait-for-lock", "1"), 75)
         assert "after waiting 1s" in timed_out.stderr
         assert first.process.poll() is None, "the first run ended too early: make it slower"
-        second = check(cli.run("run", "strip-default-sg", "--account", account, "--region", "us-east-1",
+        second = check(cli.run("run", "strip-default-sg", "--arm", *writer(account), "--region", "us-east-1",
                                "--wait-for-lock", "60"), 0)
         assert first.process.poll() == 0
         assert "Plan: 1 account(s), 1 region(s), 1 target(s)" in second.stdout
@@ -154,18 +160,18 @@ def test_waiting_for_the_lock_runs_after_the_first_has_finished(cli: Cli, emulat
 def test_another_task_is_not_blocked(cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
     account = org.accounts["dev-app-1"]
     tasks = probe_tasks(tmp_path)
-    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
         other = check(cli.run("run", "lock-probe", "--tasks-dir", str(tasks), "--account", account,
                               "--region", "eu-west-1"), 0)
         assert "Plan: 1 account(s), 1 region(s), 1 target(s): 0 change(s)" in other.stdout
         assert first.process.poll() is None, "the first run ended before the other task ran: make it slower"
-        assert lock_file(cli, org, "lock-probe").exists()
+        assert lock_file(cli, org, "lock-probe").with_suffix(".apply.lock").exists()  # a dry run: the shared lock
         assert first.finish() == 0
 
 
 def test_a_killed_run_does_not_block_the_next(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
     account = org.accounts["dev-app-1"]
-    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
         # the lock is taken a moment before the audit log records the start: kill after both
         deadline = time.monotonic() + 30
         while not run_starts(cli):
@@ -188,8 +194,7 @@ def test_a_killed_run_does_not_block_the_next(cli: Cli, emulator: EmulatorClient
 def test_an_armed_run_is_not_blocked_by_a_killed_armed_run(cli: Cli, emulator: EmulatorClient,
                                                            org: SandboxOrg) -> None:
     account = org.accounts["sandbox-1"]
-    with holding_the_lock(cli, emulator, org, "--arm", "--confirm-accounts", account, "--account", account,
-                          "--region", "us-east-1") as first:
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
         os.kill(first.process.pid, signal.SIGKILL)
         first.finish(30)
     emulator.clear_rules()
@@ -204,10 +209,10 @@ def test_undo_shares_the_lock_of_its_task(cli: Cli, emulator: EmulatorClient, or
     check(cli.run("run", "strip-default-sg", "--arm", "--confirm-accounts", account, "--account", account,
                   "--region", "eu-west-1"), 0)
     run_id = [e["run_id"] for e in cli.audit() if e["event"] == "run-start"][-1]
-    with holding_the_lock(cli, emulator, org, "--account", account, "--region", "us-east-1") as first:
+    with holding_the_lock(cli, emulator, org, *writer(account), "--region", "us-east-1") as first:
         undo = cli.run("undo", run_id, "--arm", "--confirm-accounts", account)
         assert undo.returncode == 75, (undo.returncode, undo.stderr[-2000:])
         assert first.process.poll() is None, "the first run ended too early: make it slower"
-        assert "another run holds the lock" in undo.stderr
+        assert "another armed run, apply or undo holds the lock" in undo.stderr
         assert rule_count(emulator.url, account, "eu-west-1") == 0  # nothing restored
         assert first.finish() == 0

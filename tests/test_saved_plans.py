@@ -14,6 +14,7 @@ import pytest
 from orgrunner.sandbox import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, member_client
+from tests.test_attacks import digest
 
 REGIONS = ("us-east-1", "eu-west-1")
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -201,7 +202,8 @@ def test_drift_in_a_target_planned_clean_is_refused(cli: Cli, emulator: Emulator
 def test_plan_edited_after_review_is_refused(cli: Cli, emulator: EmulatorClient, pair: list[str],
                                              tmp_path: Path) -> None:
     """Dropping a change from the saved plan (say, to "skip" one group) does not make apply skip
-    it: the live plan no longer equals the saved one."""
+    it: the file is no longer the plan its run saved; and even approved as it now is (its digest
+    given with --confirm-plan), the live plan no longer equals it."""
     path = tmp_path / "plan.json"
     plan = save_plan(cli, path, pair)
     dropped = plan["changes"].pop()
@@ -209,6 +211,8 @@ def test_plan_edited_after_review_is_refused(cli: Cli, emulator: EmulatorClient,
     before = state(emulator.url, pair)
     mark = len(emulator.requests())
     result = check(cli.run("apply", str(path), "--confirm-accounts", ",".join(pair)), 3)
+    assert f"differs from the plan run {plan['run_id']} saved: its changes or other content" in result.stderr
+    result = check(cli.run("apply", str(path), "--confirm-plan", digest(plan)), 3)
     assert any(line.startswith("drift:") and dropped["resource"] in line for line in result.stderr.splitlines())
     assert writes_since(emulator, mark) == []
     assert state(emulator.url, pair) == before
@@ -223,6 +227,8 @@ def test_plan_from_another_task_version_is_refused(cli: Cli, emulator: EmulatorC
     before = state(emulator.url, pair)
     mark = len(emulator.requests())
     result = check(cli.run("apply", str(path), "--confirm-accounts", ",".join(pair)), 3)
+    assert "task_version 0 (saved 1)" in result.stderr and "nothing applied" in result.stderr
+    result = check(cli.run("apply", str(path), "--confirm-plan", digest(plan)), 3)  # approved, yet another version
     assert "version 0" in result.stderr and "nothing applied" in result.stderr
     assert writes_since(emulator, mark) == []
     assert state(emulator.url, pair) == before
