@@ -670,7 +670,8 @@ def run(
 
 
 @app.command(epilog=epilog(RUN_EXITS, "orgrunner apply plan.json",
-                           "orgrunner apply plan.json --confirm-accounts 111122223333,444455556666"))
+                           "orgrunner apply plan.json --confirm-accounts 111122223333,444455556666",
+                           "orgrunner apply plan.json --confirm-plan DIGEST"))
 def apply(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN_FILE", dir_okay=False,
                                               help="A plan saved by `run --dry-run --plan-out`.")],
