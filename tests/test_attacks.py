@@ -896,17 +896,18 @@ def test_a_file_in_place_of_the_journal_folder_applies_nothing_and_fails_the_run
     assert_no_phantom(result)
     failed = [line for line in result.stdout.splitlines() if " FAILED: " in line]
     assert sorted(line.split()[0] for line in failed) == sorted(accounts), result.stdout
-    assert all("not applied: its intent could not be recorded: journal" in line
-               and ("File exists" in line or "Not a directory" in line) for line in failed), failed
+    assert all("not applied: its intent could not be recorded: " in line and "journal" in line
+               for line in failed), failed
     assert "Apply: 2 target(s) in 2 account(s): 2 failed; 2 target(s) failed." in result.stdout
     assert revokes_since(emulator, mark) == []
     assert run_end(cli)["status"] == "failed"
 
 
 def test_dev_full_as_the_journal_file_applies_nothing(cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
-    """Attack: the run's journal file is /dev/full (every write: ENOSPC), placed while the armed run
-    waits at its prompt. Must hold: the change is not applied, the target fails naming the full
-    disk, exit 1."""
+    """Attack: the run's journal file is made a link to /dev/full (every write: ENOSPC) while the
+    armed run waits at its prompt. Must hold: the change is not applied (the link is refused, as
+    state files are never opened through one; followed, the write would fail), the target fails
+    naming the journal file, exit 1."""
     account = org.accounts["dev-app-2"]
     child = cli.spawn("run", SG_TASK, "--arm", "--account", account, "--region", "us-east-1", timeout=90)
     child.expect(r"run (\d{8}T\d{6}Z-[0-9a-f]{6}): ")
@@ -921,7 +922,7 @@ def test_dev_full_as_the_journal_file_applies_nothing(cli: Cli, emulator: Emulat
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 1, output
-    assert "not applied: its intent could not be recorded: journal" in output
+    assert "not applied: its intent could not be recorded: " in output and run_id in output
     assert revokes_since(emulator, mark) == []
     assert run_end(cli)["status"] == "failed"
 
@@ -986,16 +987,47 @@ def test_a_record_write_failing_at_any_point_never_loses_a_change_or_exits_0(
 # 4. Smaller holes (issue #16, w16)
 # =================================================================================================
 
+BUGGY_TASK = '''
+    """buggy-summary: plans one change whose summary cannot be printed (a test task)."""
+
+    from orgrunner.task import ApplyContext, Change, Task, TaskContext, register
+
+
+    class Unprintable(str):
+        def __format__(self, spec: str) -> str:
+            raise RuntimeError("a summary that cannot be formatted")
+
+
+    @register
+    class BuggySummary(Task):
+        name = "buggy-summary"
+        description = "Plan one change whose summary cannot be printed."
+        destructive = False
+        regional = False
+        plan_actions = ("iam:GetAccountPasswordPolicy",)
+        apply_actions = ()
+
+        def plan(self, ctx: TaskContext) -> list[Change]:
+            return [Change(ctx.account_id, ctx.region, "r", "a", Unprintable("x"))]
+
+        def apply(self, ctx: ApplyContext, change: Change) -> str:
+            raise NotImplementedError
+'''
+
+
 def test_an_unexpected_exception_ends_the_run_as_an_error_not_as_interrupted(
-        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
-    """Attack: a fault nothing in the run expects: the --report file is /dev/full (ENOSPC on the
-    first line). Must hold: one line, exit 70, and the audit log's run-end says `error: ...`, not
-    `interrupted`."""
-    result = check(cli.run("run", SG_TASK, "--account", org.accounts["dev-app-1"], "--region", "us-east-1",
-                           "--report", "/dev/full"), 70)
-    assert "No space left on device" in refusal(result)
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """Attack: a fault nothing in the run expects, raised in orgrunner's own thread (a task's change
+    whose summary raises when it is printed). Must hold: one line, exit 70, and the audit log's
+    run-end says `error: ...`, not `interrupted`."""
+    tasks = tmp_path / "buggy-tasks"
+    tasks.mkdir()
+    (tasks / "buggy_summary.py").write_text(__import__("textwrap").dedent(BUGGY_TASK))
+    result = check(cli.run("run", "buggy-summary", "--tasks-dir", str(tasks), "--account", org.accounts["dev-app-1"]),
+                   70)
+    assert "a summary that cannot be formatted" in refusal(result)
     status = run_end(cli)["status"]
-    assert status.startswith("error: OSError") and "No space left on device" in status, status
+    assert status.startswith("error: RuntimeError") and "cannot be formatted" in status, status
 
 
 def test_an_account_whose_regions_cannot_be_listed_has_its_credentials_forgotten(
