@@ -1059,7 +1059,7 @@ def deliver(cli: Cli, delivery: Delivery) -> None:
                           timeout=120, dimensions=(50, 200))
     try:
         if delivery.point == "after-plan":
-            child.expect(r"us-east-1 +1 change\(s\)")
+            child.expect(r"Plan: 1 account\(s\)")  # the summary, printed once planning is over
         else:
             child.expect(PROMPT)
             if delivery.point == "after-answer":
