@@ -413,7 +413,10 @@ def config_note(spec: TaskSpec, folder: Path) -> list[str]:
     path = folder / spec.config_file
     if path.is_file():
         return [f"config file: {path}"]
-    return [f"config file: {path} not found: the task's built-in defaults apply"]
+    if not spec.defaults:
+        return [f"config file: {path} not found: the task's built-in defaults apply"]
+    return [f"config file: {path} not found: the task's built-in defaults apply:",
+            *(f"  {line}" for line in spec.defaults.splitlines())]
 
 
 def _format(*allowed: str, help: str | None = None) -> Any:

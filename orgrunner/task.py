@@ -343,6 +343,7 @@ class TaskSpec:
     doc: str = ""
     module: str = ""
     undoable: bool = False
+    defaults: str = ""  # the task's config with every default, as YAML, for when its file is absent
 
     @classmethod
     def of(cls, task: type[Task]) -> TaskSpec:
@@ -353,6 +354,7 @@ class TaskSpec:
             apply_actions=tuple(task.apply_actions), undo_actions=tuple(task.undo_actions),
             config_file=task.config_file, doc=((module.__doc__ or "") if module else "").strip(),
             module=task.__module__, undoable=bool(task.undo_actions) and task.plan_undo is not Task.plan_undo,
+            defaults=_defaults(task),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,7 +368,7 @@ class TaskSpec:
 
         if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
             raise ValueError("not a task declaration")
-        text = ("name", "description", "version", "doc", "module")
+        text = ("name", "description", "version", "doc", "module", "defaults")
         flags = ("destructive", "regional", "undoable")
         lists = ("plan_actions", "apply_actions", "undo_actions")
         if not all(isinstance(data[k], str) for k in text) or not all(isinstance(data[k], bool) for k in flags) \
@@ -379,6 +381,19 @@ class TaskSpec:
         if config is not None and (config.is_absolute() or ".." in config.parts):
             raise ValueError(f"task {spec.name!r}: config_file must be a file name under the config folder")
         return spec
+
+
+def _defaults(task: type[Task]) -> str:
+    """The task's config as its built-in defaults make it (YAML), or "" when it has none."""
+    if task.Config is None:
+        return ""
+    try:
+        values = task.Config().model_dump(mode="json")
+    except ValueError:  # a required field: the task cannot run without its file
+        return ""
+    import yaml
+
+    return str(yaml.safe_dump(values, sort_keys=False, default_flow_style=False))
 
 
 def builtin_package_paths() -> list[Path]:

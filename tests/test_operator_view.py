@@ -176,10 +176,12 @@ def test_runs_lists_past_runs_and_runs_show_what_one_changed(cli: Cli, org: Sand
 def test_the_config_file_read_or_its_absence_is_said(cli: Cli, org: SandboxOrg) -> None:
     described = cli.run("describe", "iam-password-policy")  # from a folder without config/
     assert described.returncode == 0, described.stderr
-    assert "config file: config/password-policy.yaml not found: the task's built-in defaults apply" in described.stdout
+    assert "config file: config/password-policy.yaml not found: the task's built-in defaults apply:" in described.stdout
+    assert "\n  minimum_password_length: 14\n" in described.stdout  # the defaults themselves, printed
     ran = cli.run("run", "iam-password-policy", "--account", org.accounts["dev-app-1"])
     assert ran.returncode == 0, ran.stderr
     assert "config/password-policy.yaml not found: the task's built-in defaults apply" in ran.stderr
+    assert "\n  password_reuse_prevention: 24\n" in ran.stderr
 
     (cli.home / "config").mkdir()
     (cli.home / "config" / "password-policy.yaml").write_text("minimum_password_length: 16\n")
