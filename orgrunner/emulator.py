@@ -16,7 +16,9 @@ lacks the Security Hub controls API; here:
   partition their organization was created in): a request signed for another partition's region
   is refused as AWS refuses it (the token is not valid there);
 - the Security Hub hub, standards and standards-control calls are a small stateful emulation with
-  AWS's documented shapes and errors.
+  AWS's documented shapes and errors, including a delegated administrator's central configuration
+  (`SecurityHub.set_central`: ConfigurationType CENTRAL and one configuration policy association
+  per account; a member under a policy cannot update its own controls).
 
 moto is imported only inside functions: this module imports without it.
 """
@@ -341,8 +343,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+SELF_MANAGED = "SELF_MANAGED_SECURITY_HUB"
+CENTRAL_REFUSAL = ("This account is currently associated with a central configuration policy, so only the "
+                   "administrator can access this operation.")
+
+
+@dataclass
+class _CentralConfiguration:
+    """A delegated administrator's central configuration in one region (ConfigurationType CENTRAL):
+    account -> its configuration policy association (a policy id, or SELF_MANAGED_SECURITY_HUB)."""
+
+    associations: dict[str, str] = field(default_factory=dict)
+    updated_at: str = field(default_factory=_now)
+
+
 class SecurityHub:
-    """Per account and region: the hub, its standards subscriptions and control associations."""
+    """Per account and region: the hub, its standards subscriptions and control associations; per
+    delegated administrator and region, its central configuration (set up by `set_central`)."""
 
     OPERATIONS = frozenset({
         "EnableSecurityHub", "DisableSecurityHub", "DescribeHub", "GetEnabledStandards", "BatchEnableStandards",
@@ -352,6 +369,24 @@ class SecurityHub:
 
     def __init__(self) -> None:
         self.hubs: dict[tuple[str, str], _Hub] = {}
+        self.central: dict[tuple[str, str], _CentralConfiguration] = {}  # (administrator, region) ->
+
+    def set_central(self, administrator: str, region: str, associations: dict[str, str]) -> None:
+        """Make `administrator` the delegated administrator of a central configuration in `region`,
+        each account of `associations` associated with a configuration policy id or SELF_MANAGED."""
+        for account, policy in associations.items():
+            if not re.fullmatch(r"\d{12}", account) or not policy:
+                raise ApiError("InvalidInputException", f"bad association {account!r}: {policy!r}")
+        self.central[(administrator, region)] = _CentralConfiguration(dict(associations))
+
+    def _policy_of(self, account: str, region: str) -> str | None:
+        """The configuration policy id `account` follows in `region` (None: self-managed or no central
+        configuration)."""
+        for (_, where), central in self.central.items():
+            policy = central.associations.get(account, SELF_MANAGED) if where == region else SELF_MANAGED
+            if policy != SELF_MANAGED:
+                return policy
+        return None
 
     def handle(self, operation: str, account: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
         partition = partition_of_region(region)
@@ -386,11 +421,31 @@ class SecurityHub:
         if operation == "BatchGetStandardsControlAssociations":
             return self._batch_get(hub, account, region, partition, body.get("StandardsControlAssociationIds", []))
         if operation == "BatchUpdateStandardsControlAssociations":
+            if self._policy_of(account, region) is not None:
+                raise ApiError("AccessDeniedException", CENTRAL_REFUSAL, 403)
             return self._batch_update(hub, body.get("StandardsControlAssociationUpdates", []))
-        # No organization is administered through Security Hub here: only a delegated
-        # administrator may ask, and there is none.
-        raise ApiError("AccessDeniedException", f"Account {account} is not the Security Hub administrator account "
-                       "of an organization", 403)
+        central = self.central.get(key)
+        if central is None:  # only a delegated administrator may ask
+            raise ApiError("AccessDeniedException", f"Account {account} is not the Security Hub administrator "
+                           "account of an organization", 403)
+        if operation == "DescribeOrganizationConfiguration":
+            return {"AutoEnable": False, "MemberAccountLimitReached": False, "AutoEnableStandards": "NONE",
+                    "OrganizationConfiguration": {"ConfigurationType": "CENTRAL", "Status": "ENABLED"}}
+        return self._policy_association(central, body)
+
+    @staticmethod
+    def _policy_association(central: _CentralConfiguration, body: dict[str, Any]) -> dict[str, Any]:
+        """GetConfigurationPolicyAssociation for an account target; an account without its own
+        association inherits self-management (the emulation has no OUs to inherit from)."""
+        target = body.get("Target") or {}
+        if set(target) != {"AccountId"} or not re.fullmatch(r"\d{12}", str(target["AccountId"])):
+            raise ApiError("InvalidInputException", "Target must name exactly one of AccountId, "
+                           "OrganizationalUnitId or RootId; only AccountId targets are emulated")
+        account = str(target["AccountId"])
+        policy = central.associations.get(account)
+        return {"ConfigurationPolicyId": policy or SELF_MANAGED, "TargetId": account, "TargetType": "ACCOUNT",
+                "AssociationType": "APPLIED" if policy else "INHERITED", "AssociationStatus": "SUCCESS",
+                "UpdatedAt": central.updated_at}
 
     @staticmethod
     def _known_standard(arn: str) -> str:

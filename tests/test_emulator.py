@@ -347,3 +347,41 @@ def test_control_api_rejects_unknown_rule_fields(emulator: EmulatorClient) -> No
 def test_start_emulator_reports_a_child_that_dies() -> None:
     with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
         start_emulator(wsgi_wrapper="no_such_module:wrap")
+
+
+def test_securityhub_central_configuration(emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """A delegated administrator's central configuration: only the administrator may read it; a member
+    under a configuration policy cannot update its own controls (AWS's refusal), a self-managed one can."""
+    admin, governed, free = (org.accounts[n] for n in ("security-audit", "dev-app-1", "prod-app-2"))
+    policy = "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111"
+    fsbp = "arn:aws:securityhub:us-east-1::standards/aws-foundational-security-best-practices/v/1.0.0"
+    update = [{"StandardsArn": fsbp, "SecurityControlId": "EC2.7", "AssociationStatus": "ENABLED"}]
+    with pytest.raises(RuntimeError, match="400"):
+        emulator.securityhub_central(admin, "us-east-1", {"not-an-account": policy})
+    emulator.securityhub_central(admin, "us-east-1", {governed: policy, free: "SELF_MANAGED_SECURITY_HUB"})
+    hub = {a: member_client(emulator.url, a, "securityhub") for a in (admin, governed, free)}
+
+    described = hub[admin].describe_organization_configuration()["OrganizationConfiguration"]
+    assert described == {"ConfigurationType": "CENTRAL", "Status": "ENABLED"}
+    association = hub[admin].get_configuration_policy_association(Target={"AccountId": governed})
+    assert (association["ConfigurationPolicyId"], association["TargetType"], association["AssociationType"]) == (
+        policy, "ACCOUNT", "APPLIED")
+    inherited = hub[admin].get_configuration_policy_association(Target={"AccountId": org.accounts["prod-app-1"]})
+    assert (inherited["ConfigurationPolicyId"], inherited["AssociationType"]) == ("SELF_MANAGED_SECURITY_HUB",
+                                                                                 "INHERITED")
+    assert _error(lambda: hub[admin].get_configuration_policy_association(Target={"RootId": org.root_id}))[
+        "Code"] == "InvalidInputException"
+    for member in (hub[governed], hub[free]):
+        assert _error(member.describe_organization_configuration)["Code"] == "AccessDeniedException"
+    elsewhere = member_client(emulator.url, admin, "securityhub", "eu-west-1")
+    elsewhere.enable_security_hub(EnableDefaultStandards=False)
+    assert _error(lambda: elsewhere.describe_organization_configuration())["Code"] == "AccessDeniedException"
+
+    refused = _error(lambda: hub[governed].batch_update_standards_control_associations(
+        StandardsControlAssociationUpdates=update))
+    assert (refused["Code"], refused["Status"]) == ("AccessDeniedException", 403)
+    assert refused["Message"] == ("This account is currently associated with a central configuration policy, so "
+                                  "only the administrator can access this operation.")
+    assert hub[free].batch_update_standards_control_associations(
+        StandardsControlAssociationUpdates=update)["UnprocessedAssociationUpdates"] == []
+

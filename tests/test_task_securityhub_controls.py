@@ -1,7 +1,6 @@
 """securityhub-controls, end to end through the CLI against the emulator layer's Security Hub
-(orgrunner/emulator.py: hub, standards and control associations, AWS's shapes and errors). Only
-central configuration, which needs an organization's delegated administrator, runs plan/apply
-directly with botocore Stubbers on clients guarded like the engine's."""
+(orgrunner/emulator.py: hub, standards, control associations and a delegated administrator's central
+configuration, AWS's shapes and errors)."""
 
 from __future__ import annotations
 
@@ -10,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orgrunner_builtin_tasks.securityhub_controls import SecurityHubControls, SecurityHubControlsConfig
+from orgrunner_builtin_tasks.securityhub_controls import SecurityHubControlsConfig
 
-from orgrunner.errors import TargetError
 from orgrunner.sandbox import SandboxOrg
 from tests.emulator.client import EmulatorClient, member_client
-from tests.tasks_helpers import Stubbed, run_cli, task_config
+from tests.tasks_helpers import run_cli, task_config
 
 TASK = "securityhub-controls"
 FSBP = "aws-foundational-security-best-practices/v/1.0.0"
@@ -26,37 +24,6 @@ CONFIG = {"standards": {
     FSBP: {"EC2.7": {"status": "ENABLED"}, "IAM.6": {"status": "DISABLED", "reason": REASON}},
     CIS: {"IAM.15": {"status": "ENABLED"}},
 }}
-
-
-def _task(config: dict[str, Any] = CONFIG) -> Stubbed:
-    return Stubbed(SecurityHubControls(SecurityHubControlsConfig.model_validate(config)))
-
-
-def _association(std: str, control: str, status: str, reason: str | None = None) -> dict[str, Any]:
-    item = {"StandardsArn": ARN[std], "SecurityControlId": control, "AssociationStatus": status,
-            "SecurityControlArn": f"arn:aws:securityhub:us-east-1:111122223333:security-control/{control}"}
-    return item | ({"UpdatedReason": reason} if reason else {})
-
-
-def _subscription(std: str) -> dict[str, Any]:
-    return {"StandardsSubscriptionArn": f"{ARN[std]}-subscription", "StandardsArn": ARN[std], "StandardsInput": {},
-            "StandardsStatus": "READY"}
-
-
-def _hub_reads(stubbed: Stubbed, statuses: dict[str, str]) -> None:
-    """DescribeHub, GetEnabledStandards and one BatchGetStandardsControlAssociations for FSBP's controls."""
-    hub = stubbed.stub("securityhub")
-    hub.add_response("describe_hub", {"HubArn": "arn:aws:securityhub:us-east-1:111122223333:hub/default"}, {})
-    hub.add_response("get_enabled_standards", {"StandardsSubscriptions": [_subscription(FSBP)]}, {})
-    ids = [{"StandardsArn": ARN[FSBP], "SecurityControlId": c} for c in statuses]
-    hub.add_response("batch_get_standards_control_associations", {"StandardsControlAssociationDetails": [
-        _association(FSBP, c, s) for c, s in statuses.items()]}, {"StandardsControlAssociationIds": ids})
-
-
-def _not_the_administrator(stubbed: Stubbed) -> None:
-    stubbed.stub("securityhub").add_client_error(
-        "describe_organization_configuration", "AccessDeniedException",
-        "You do not have sufficient access to perform this action.", 403)
 
 
 def _hub(emulator: EmulatorClient, account: str) -> Any:
@@ -140,55 +107,66 @@ def test_a_control_the_standard_lacks_fails_the_target_with_security_hubs_reason
     assert "cannot read Lambda.99" in reported and "RESOURCE_NOT_FOUND" in reported
 
 
-# Central configuration (a delegated administrator's configuration policy) is not emulated: these
-# run plan/apply directly on Stubber-answered clients, guarded like the engine's.
+# Central configuration: the emulator layer's delegated administrator (EmulatorClient.securityhub_central).
+
+POLICY_ID = "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111"
 
 
-def test_centrally_configured_account_is_reported_not_planned() -> None:
-    stubbed = _task()
-    _hub_reads(stubbed, {"EC2.7": "DISABLED", "IAM.6": "DISABLED"})
-    hub = stubbed.stub("securityhub")
-    hub.add_response("describe_organization_configuration",
-                     {"OrganizationConfiguration": {"ConfigurationType": "CENTRAL", "Status": "ENABLED"}}, {})
-    hub.add_response("get_configuration_policy_association", {"ConfigurationPolicyId": "a1b2c3"},
-                     {"Target": {"AccountId": "111122223333"}})
-    with pytest.raises(TargetError, match=r"1 control\(s\) differ, but this account is under Security Hub central"):
-        stubbed.task.plan(stubbed.plan_context())
-    stubbed.assert_done()
+def test_centrally_configured_account_is_reported_not_planned(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """In the delegated administrator's own account, associated with a configuration policy, the plan
+    sees the central configuration and fails the target instead of planning writes."""
+    account = org.accounts["dev-app-1"]
+    emulator.securityhub_central(account, "us-east-1", {account: POLICY_ID})
+    seeded = len(emulator.requests(operation="BatchUpdateStandardsControlAssociations"))
+    run = run_cli(emulator, tmp_path, TASK, account, "--arm", "--confirm-accounts", account,
+                  config=_config(tmp_path))
+
+    assert run.code == 1, run.out + run.err
+    assert run.statuses("plan") == ["failed"] and run.changes == []
+    assert "2 control(s) differ, but this account is under Security Hub central configuration" in run.out
+    assert "only the delegated administrator can change its controls" in run.out
+    assert _statuses(emulator, account, FSBP, ("EC2.7", "IAM.6")) == {"EC2.7": "DISABLED", "IAM.6": "ENABLED"}
+    assert emulator.requests(operation="GetConfigurationPolicyAssociation")[-1]["status"] == 200
+    assert len(emulator.requests(operation="BatchUpdateStandardsControlAssociations")) == seeded
 
 
-def test_self_managed_administrator_account_is_planned() -> None:
-    stubbed = _task()
-    _hub_reads(stubbed, {"EC2.7": "DISABLED", "IAM.6": "DISABLED"})
-    hub = stubbed.stub("securityhub")
-    hub.add_response("describe_organization_configuration",
-                     {"OrganizationConfiguration": {"ConfigurationType": "CENTRAL"}}, {})
-    hub.add_response("get_configuration_policy_association", {"ConfigurationPolicyId": "SELF_MANAGED_SECURITY_HUB"})
-    [change] = stubbed.task.plan(stubbed.plan_context())
-    assert change.resource == f"{FSBP}/EC2.7"
+def test_self_managed_administrator_account_is_planned(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """The delegated administrator's account left self-managed (SELF_MANAGED_SECURITY_HUB) is planned and
+    applied as any other."""
+    account = org.accounts["dev-app-1"]
+    emulator.securityhub_central(account, "us-east-1", {account: "SELF_MANAGED_SECURITY_HUB",
+                                                        org.accounts["security-audit"]: POLICY_ID})
+    config = _config(tmp_path)
+    run = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=config)
+
+    assert run.code == 0, run.out + run.err
+    assert sorted(c["resource"] for c in run.changes) == [f"{FSBP}/EC2.7", f"{FSBP}/IAM.6"]
+    assert [r["status"] for r in emulator.requests(operation="GetConfigurationPolicyAssociation")] == [200]
+    armed = run_cli(emulator, tmp_path, TASK, account, "--arm", "--confirm-accounts", account, config=config)
+    assert armed.code == 0, armed.out + armed.err
+    assert _statuses(emulator, account, FSBP, ("EC2.7", "IAM.6")) == {"EC2.7": "ENABLED", "IAM.6": "DISABLED"}
 
 
-def _apply_setup() -> tuple[Stubbed, Any, Any]:
-    stubbed = _task({"standards": {FSBP: {"IAM.6": {"status": "DISABLED", "reason": REASON}}}})
-    _hub_reads(stubbed, {"IAM.6": "ENABLED"})
-    _not_the_administrator(stubbed)
-    [change] = stubbed.task.plan(stubbed.plan_context())
-    return stubbed, change, stubbed.stub("securityhub", "apply")
+def test_apply_in_a_centrally_configured_member_reports_it(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    """A member cannot see the central configuration (DescribeOrganizationConfiguration is refused), so
+    its change is planned; Security Hub refuses the update, and the CLI says why; nothing changed."""
+    account = org.accounts["dev-app-1"]
+    emulator.securityhub_central(org.accounts["security-audit"], "us-east-1", {account: POLICY_ID})
+    config = _config(tmp_path, {"standards": {FSBP: {"IAM.6": {"status": "DISABLED", "reason": REASON}}}})
+    seeded = len(emulator.requests(operation="BatchUpdateStandardsControlAssociations"))
+    run = run_cli(emulator, tmp_path, TASK, account, "--arm", "--confirm-accounts", account, config=config)
 
-
-def _live(hub: Any, status: str) -> None:
-    hub.add_response("batch_get_standards_control_associations",
-                     {"StandardsControlAssociationDetails": [_association(FSBP, "IAM.6", status)]})
-
-
-def test_apply_in_a_centrally_configured_member_reports_it() -> None:
-    stubbed, change, hub = _apply_setup()
-    _live(hub, "ENABLED")
-    hub.add_client_error("batch_update_standards_control_associations", "AccessDeniedException",
-                         "This account is currently associated with a central configuration policy, so only the "
-                         "administrator can access this operation.", 403)
-    with pytest.raises(TargetError, match="only the delegated administrator can change its controls"):
-        stubbed.task.apply(stubbed.apply_context(), change)
+    assert run.code == 1, run.out + run.err
+    assert [c["resource"] for c in run.changes] == [f"{FSBP}/IAM.6"]
+    assert run.statuses("apply") == ["failed"], run.report
+    assert "only the delegated administrator can change its controls" in run.out
+    assert [r["status"] for r in emulator.requests(operation="DescribeOrganizationConfiguration")] == [403]
+    updates = emulator.requests(operation="BatchUpdateStandardsControlAssociations")[seeded:]
+    assert [(r["account"], r["status"]) for r in updates] == [(account, 403)]
+    assert _statuses(emulator, account, FSBP, ("IAM.6",)) == {"IAM.6": "ENABLED"}
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [

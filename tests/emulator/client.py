@@ -112,6 +112,13 @@ class EmulatorClient:
     def enforce_session_policies(self, on: bool) -> None:
         self._call("POST", "enforce-session-policies", {"enabled": on})
 
+    def securityhub_central(self, administrator: str, region: str, associations: dict[str, str]) -> None:
+        """Make `administrator` the Security Hub delegated administrator of a central configuration
+        (ConfigurationType CENTRAL) in `region`; `associations` maps accounts to the configuration
+        policy id they follow, or to SELF_MANAGED_SECURITY_HUB."""
+        self._call("POST", "securityhub-central",
+                   {"administrator": administrator, "region": region, "associations": associations})
+
     def aws_env(self) -> dict[str, str]:
         """The AWS variables that point an SDK at the emulator and away from ~/.aws."""
         return {

@@ -22,6 +22,7 @@ from werkzeug.test import Client
 
 from orgrunner.emulator import (
     DEFAULT_ACCOUNT,
+    ApiError,
     AwsRequest,
     Session,
     StrictAws,
@@ -113,7 +114,8 @@ class EmulatorMiddleware(StrictAws):
 
     def _control(self, environ: dict[str, Any], body: bytes, start_response: Callable[..., Any]) -> list[bytes]:
         """GET requests; POST/DELETE rules; POST latency {"ms"}, enforce-session-policies
-        {"enabled"}, moto-describe-regions {"enabled"}, reset."""
+        {"enabled"}, moto-describe-regions {"enabled"}, securityhub-central {"administrator", "region",
+        "associations": {account: policy id or SELF_MANAGED_SECURITY_HUB}}, reset."""
         route = (environ["REQUEST_METHOD"], environ["PATH_INFO"].removeprefix("/_emulator/").rstrip("/"))
         data = json.loads(body) if body else {}
         answer: Any
@@ -140,6 +142,12 @@ class EmulatorMiddleware(StrictAws):
                 state.moto_describe_regions = bool(data["enabled"])
             elif route == ("POST", "enforce-session-policies"):
                 state.enforce_session_policies = bool(data["enabled"])
+            elif route == ("POST", "securityhub-central"):
+                try:
+                    state.securityhub.set_central(str(data["administrator"]), str(data["region"]),
+                                                  dict(data["associations"]))
+                except (KeyError, TypeError, ValueError, ApiError) as exc:
+                    status, answer = "400 Bad Request", {"error": f"securityhub-central: {exc!r}"}
             elif route == ("POST", "reset"):
                 moto = Client(self.app).post("/moto-api/reset")
                 if moto.status_code != 200:
