@@ -281,13 +281,18 @@ def test_state_files_are_private_whatever_the_umask(cli: Cli, org: SandboxOrg) -
     assert stat.S_IMODE(state(cli).parent.stat().st_mode) == 0o700  # a parent orgrunner made, too
 
 
+@pytest.mark.parametrize(("lock", "armed"), [("apply.lock", False), ("lock", True)],
+                         ids=["dry-run-shared-lock", "armed-run-exclusive-lock"])
 def test_a_symlink_planted_at_the_lock_path_does_not_truncate_its_target(
-        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path, lock: str, armed: bool) -> None:
+    """Each kind of run opens its own lock file (dry runs the shared apply lock, armed runs the
+    exclusive one): a link planted at either is refused, and its target is left whole."""
     victim = victim_file(tmp_path)
     (state(cli) / "locks").mkdir(parents=True, mode=0o700)
     state(cli).chmod(0o700)
-    (state(cli) / "locks" / f"{org.organization_id}.{TASK}.lock").symlink_to(victim)
-    result = dry_run(cli, org)
+    (state(cli) / "locks" / f"{org.organization_id}.{TASK}.{lock}").symlink_to(victim)
+    member = org.accounts["dev-app-1"]
+    result = dry_run(cli, org, *(("--arm", "--confirm-accounts", member) if armed else ()))
     one_line_refusal(result, 3, "symbolic link")
     assert victim.read_text() == "root:secret-hash:19000::::::\n"
 
