@@ -15,6 +15,9 @@ lacks the Security Hub controls API; here:
 - credentials belong to one partition (a session to its role's, the default credentials to the
   partition their organization was created in): a request signed for another partition's region
   is refused as AWS refuses it (the token is not valid there);
+- GetEbsDefaultKmsKeyId / ModifyEbsDefaultKmsKeyId / ResetEbsDefaultKmsKeyId (moto answers 500)
+  are kept per account and region: AWS's managed `alias/aws/ebs` until changed, and a new key
+  must be an enabled symmetric key of moto's KMS in that account and region;
 - the Security Hub hub, standards and standards-control calls are a small stateful emulation with
   AWS's documented shapes and errors, including a delegated administrator's central configuration
   (`SecurityHub.set_central`: ConfigurationType CENTRAL and one configuration policy association
@@ -516,6 +519,53 @@ class SecurityHub:
         return {"UnprocessedAssociationUpdates": unprocessed}
 
 
+# ---- the EBS default KMS key ------------------------------------------------------------------
+
+EBS_KEY_OPERATIONS = frozenset({"GetEbsDefaultKmsKeyId", "ModifyEbsDefaultKmsKeyId", "ResetEbsDefaultKmsKeyId"})
+
+
+def aws_managed_ebs_key(partition: str, region: str, account: str) -> str:
+    """What GetEbsDefaultKmsKeyId answers until the default key is changed (or after a reset)."""
+    return f"arn:{partition}:kms:{region}:{account}:alias/aws/ebs"
+
+
+def _customer_kms_key(account: str, region: str, key_id: str) -> str:
+    """The key ARN of `key_id` (key id, key ARN, alias name or alias ARN) in the account and region,
+    if moto's KMS holds it as a usable symmetric encryption key; else AWS's EC2-style refusal."""
+    from moto.kms.models import kms_backends
+
+    partition = partition_of_region(region)
+    if key_id.startswith("arn:") and key_id.split(":")[3:5] != [region, account]:
+        raise ApiError("InvalidParameterValue", f"KMS key {key_id} is not in this account and Region")
+    try:
+        key = kms_backends[account][region].describe_key(key_id)
+    except Exception:  # moto's NotFoundException / KeyError for an unknown id or alias
+        raise ApiError("InvalidParameterValue", f"KMS key {key_id} does not exist") from None
+    if key.key_state != "Enabled":
+        raise ApiError("InvalidParameterValue", f"KMS key {key_id} is {key.key_state}")
+    if key.key_spec != "SYMMETRIC_DEFAULT" or (key.key_usage or "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
+        raise ApiError("InvalidParameterValue", "Amazon EBS does not support asymmetric KMS keys")
+    arn = str(key.arn)
+    return arn if arn.startswith(f"arn:{partition}:") else f"arn:{partition}:" + arn.split(":", 2)[2]
+
+
+def ebs_default_key_xml(keys: dict[tuple[str, str], str], operation: str, account: str, region: str,
+                        params: dict[str, str]) -> bytes:
+    """Get/Modify/ResetEbsDefaultKmsKeyId on `keys` ((account, region) -> key ARN, absent: AWS managed)."""
+    if params.get("DryRun", "").lower() == "true":
+        raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412)
+    if operation == "ModifyEbsDefaultKmsKeyId":
+        if not params.get("KmsKeyId"):
+            raise ApiError("MissingParameter", "The request must contain the parameter KmsKeyId")
+        keys[(account, region)] = _customer_kms_key(account, region, params["KmsKeyId"])
+    elif operation == "ResetEbsDefaultKmsKeyId":
+        keys.pop((account, region), None)
+    key = keys.get((account, region)) or aws_managed_ebs_key(partition_of_region(region), region, account)
+    return (f'<?xml version="1.0" encoding="UTF-8"?><{operation}Response xmlns="http://ec2.amazonaws.com/doc/'
+            f"2016-11-15/\"><requestId>{uuid.uuid4()}</requestId><kmsKeyId>{escape(key)}</kmsKeyId>"
+            f"</{operation}Response>").encode()
+
+
 # ---- the strict layer ---------------------------------------------------------------------------
 
 MANAGEMENT_ROLE = "OrganizationAccountAccessRole"
@@ -579,6 +629,7 @@ class StrictState:
     default_partition: str | None = None  # of the default credentials: where CreateOrganization was called
     enforce_session_policies: bool = True
     securityhub: SecurityHub = field(default_factory=SecurityHub)
+    ebs_default_keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (account, region) -> key ARN
 
 
 class StrictAws:
@@ -705,6 +756,15 @@ class StrictAws:
         _, account = self.caller(session, request.region)
         if request.signing_name == "ec2" and request.operation == "DescribeRegions":
             payload = describe_regions_xml(partition_of_region(request.region), request.params)
+            return 200, [("Content-Type", "text/xml")], payload
+        if request.signing_name == "ec2" and request.operation in EBS_KEY_OPERATIONS:
+            try:
+                with self.lock:
+                    payload = ebs_default_key_xml(self.state.ebs_default_keys, request.operation, account,
+                                                  request.region, request.params)
+            except ApiError as exc:
+                headers, payload = error_response("ec2", exc.code, exc.message, exc.status)
+                return exc.status, list(headers.items()), payload
             return 200, [("Content-Type", "text/xml")], payload
         if request.signing_name == "securityhub" and request.operation in SecurityHub.OPERATIONS:
             try:

@@ -1,6 +1,6 @@
 """Helpers for the tests of built-in tasks: run the CLI against the emulator, write task configs,
-and run a task's plan/apply directly with contexts whose clients are the engine's guarded ones
-(against the emulator) or botocore clients answered by a Stubber (where the emulator lacks an API).
+and run a task's plan/apply directly with contexts whose clients are the engine's guarded ones,
+acting through the emulator.
 """
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import botocore.session
-from botocore.stub import Stubber
 
 from orgrunner.confirm import confirm_listed
 from orgrunner.guard import CallGuard
@@ -85,37 +82,3 @@ def emulator_contexts(emulator: EmulatorClient, task: Task, account: str,
 
     return TaskContext(task, target, clients), armed_context(task, target, clients)
 
-
-@dataclass
-class Stubbed:
-    """Plan and apply contexts whose clients are botocore clients answered by Stubbers (one client
-    per service and phase, guarded like the engine's), for APIs the emulator does not serve."""
-
-    task: Task
-    account: str = "111122223333"
-    region: str = "us-east-1"
-    _stubs: dict[tuple[str, Phase], tuple[Any, Stubber]] = field(default_factory=dict)
-
-    def _client(self, service: str, phase: Phase) -> Any:
-        if (service, phase) not in self._stubs:
-            session = botocore.session.get_session()
-            client = session.create_client(service, region_name=self.region, aws_access_key_id="AKIDEXAMPLE",
-                                           aws_secret_access_key="not-a-secret")
-            stubber = Stubber(guarded(self.task, phase, client))
-            stubber.activate()
-            self._stubs[(service, phase)] = (client, stubber)
-        return self._stubs[(service, phase)][0]
-
-    def stub(self, service: str, phase: Phase = "plan") -> Stubber:
-        self._client(service, phase)
-        return self._stubs[(service, phase)][1]
-
-    def plan_context(self) -> TaskContext:
-        return TaskContext(self.task, Target(self.account, self.region), self._client)
-
-    def apply_context(self) -> ApplyContext:
-        return armed_context(self.task, Target(self.account, self.region), self._client)
-
-    def assert_done(self) -> None:
-        for _, stubber in self._stubs.values():
-            stubber.assert_no_pending_responses()

@@ -385,3 +385,33 @@ def test_securityhub_central_configuration(emulator: EmulatorClient, org: Sandbo
     assert hub[free].batch_update_standards_control_associations(
         StandardsControlAssociationUpdates=update)["UnprocessedAssociationUpdates"] == []
 
+
+
+def test_ebs_default_kms_key_per_account_and_region(emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """AWS's managed alias/aws/ebs until changed; a new key must be an enabled symmetric key of that
+    account and region (an alias resolves to its key's ARN); reset goes back to the managed key."""
+    account, other = org.accounts["dev-app-1"], org.accounts["prod-app-1"]
+    ec2 = member_client(emulator.url, account, "ec2", "us-east-1")
+    kms = member_client(emulator.url, account, "kms", "us-east-1")
+    managed = f"arn:aws:kms:us-east-1:{account}:alias/aws/ebs"
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == managed
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.create_alias(AliasName="alias/ebs-default", TargetKeyId=key)
+    assert ec2.modify_ebs_default_kms_key_id(KmsKeyId="alias/ebs-default")["KmsKeyId"] == key
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == key
+
+    assert member_client(emulator.url, account, "ec2", "eu-west-1").get_ebs_default_kms_key_id()["KmsKeyId"] == (
+        f"arn:aws:kms:eu-west-1:{account}:alias/aws/ebs")
+    other_ec2 = member_client(emulator.url, other, "ec2", "us-east-1")
+    assert other_ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == f"arn:aws:kms:us-east-1:{other}:alias/aws/ebs"
+    asymmetric = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"]["Arn"]
+    disabled = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=disabled)
+    for bad in ("alias/no-such-key", "1234abcd-12ab-34cd-56ef-1234567890ab", asymmetric, disabled):
+        error = _error(lambda bad=bad: ec2.modify_ebs_default_kms_key_id(KmsKeyId=bad))
+        assert (error["Code"], error["Status"]) == ("InvalidParameterValue", 400), bad
+    assert _error(lambda: other_ec2.modify_ebs_default_kms_key_id(KmsKeyId=key))["Code"] == "InvalidParameterValue"
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == key  # the refusals changed nothing
+
+    assert ec2.reset_ebs_default_kms_key_id()["KmsKeyId"] == managed
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == managed

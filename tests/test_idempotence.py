@@ -1,9 +1,8 @@
 """Idempotence: applying a task twice changes nothing the second time, and an apply racing a manual
 change (a rule someone else already removed) counts it as done, not failed.
 
-Every built-in task the emulator serves is covered; `securityhub-controls` is not (moto answers 404
-to the standards and controls APIs), and its "already as wanted" path is covered with Stubbers in
-tests/test_task_securityhub_controls.py.
+Every built-in task listed in EMULATED is covered; `securityhub-controls`' "already as wanted" path
+is covered end to end in tests/test_task_securityhub_controls.py (its armed run replans clean).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""ebs-default-encryption: encryption by default against the emulator through the CLI (moto serves
-Get/EnableEbsEncryptionByDefault); the default KMS key with Stubbers, because moto does not
-implement GetEbsDefaultKmsKeyId (it answers 500)."""
+"""ebs-default-encryption against the emulator through the CLI: moto serves
+Get/EnableEbsEncryptionByDefault, the emulator layer the default KMS key (moto answers
+GetEbsDefaultKmsKeyId with a 500); drift, which needs a change between plan and apply, runs
+plan/apply directly on the engine's guarded clients against the emulator."""
 
 from __future__ import annotations
 
@@ -12,12 +13,10 @@ from orgrunner_builtin_tasks.ebs_default_encryption import EbsDefaultEncryption,
 from orgrunner.sandbox import SandboxOrg
 from orgrunner.task import Drift
 from tests.emulator.client import EmulatorClient, member_client
-from tests.tasks_helpers import Stubbed, run_cli, task_config
+from tests.tasks_helpers import emulator_contexts, run_cli, task_config
 
 TASK = "ebs-default-encryption"
 REGION = "us-east-1"
-AWS_KEY = f"arn:aws:kms:{REGION}:111122223333:alias/aws/ebs"
-OUR_KEY = f"arn:aws:kms:{REGION}:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 def _encrypted(emulator: EmulatorClient, account: str, region: str) -> bool:
@@ -53,54 +52,76 @@ def test_each_region_is_planned_and_enabled_with_arm_alone_then_replans_clean(
     assert again.code == 0 and again.changes == []
 
 
-# --- the default KMS key: Stubbers, since moto lacks GetEbsDefaultKmsKeyId ------------------------
+# --- the default KMS key: the emulator layer keeps it per account and region ------------------------
 
-def _key_task() -> Stubbed:
-    return Stubbed(EbsDefaultEncryption(EbsDefaultEncryptionConfig(kms_key="alias/ebs-default")), region=REGION)
-
-
-def _plan_reads(stubbed: Stubbed, default_key: str, encrypted: bool) -> None:
-    stubbed.stub("kms").add_response("describe_key", {"KeyMetadata": {"KeyId": "1234abcd", "Arn": OUR_KEY}},
-                                     {"KeyId": "alias/ebs-default"})
-    ec2 = stubbed.stub("ec2")
-    ec2.add_response("get_ebs_default_kms_key_id", {"KmsKeyId": default_key}, {})
-    ec2.add_response("get_ebs_encryption_by_default", {"EbsEncryptionByDefault": encrypted}, {})
+def _our_key(emulator: EmulatorClient, account: str) -> str:
+    """A customer managed key named alias/ebs-default in the member's us-east-1; its ARN."""
+    kms = member_client(emulator.url, account, "kms", REGION)
+    arn: str = kms.create_key(Description="EBS default")["KeyMetadata"]["Arn"]
+    kms.create_alias(AliasName="alias/ebs-default", TargetKeyId=arn)
+    return arn
 
 
-def test_configured_key_already_default_is_no_change() -> None:
-    stubbed = _key_task()
-    _plan_reads(stubbed, OUR_KEY, encrypted=True)
-    assert stubbed.task.plan(stubbed.plan_context()) == []
-    stubbed.assert_done()
+def _default_key(emulator: EmulatorClient, account: str) -> str:
+    return str(member_client(emulator.url, account, "ec2", REGION).get_ebs_default_kms_key_id()["KmsKeyId"])
 
 
-def test_changing_the_default_key_is_destructive_and_planned_first() -> None:
-    stubbed = _key_task()
-    _plan_reads(stubbed, AWS_KEY, encrypted=False)
-    key, enable = stubbed.task.plan(stubbed.plan_context())
-    stubbed.assert_done()
-    assert key.action == "set-default-kms-key" and key.destructive
-    assert key.details == (f"KmsKeyId: {AWS_KEY} -> {OUR_KEY}",)
-    assert key.undo == {"operation": "modify_ebs_default_kms_key_id", "KmsKeyId": AWS_KEY}
-    assert enable.action == "enable-encryption-by-default" and not enable.destructive
+def _key_config(tmp_path: Path) -> Path:
+    return task_config(tmp_path, "ebs-default-encryption.yaml", "kms_key: alias/ebs-default\n")
 
 
-def test_apply_sets_the_key_then_is_already_done_and_refuses_drift() -> None:
-    stubbed = _key_task()
-    _plan_reads(stubbed, AWS_KEY, encrypted=True)
-    [change] = stubbed.task.plan(stubbed.plan_context())
-    ec2 = stubbed.stub("ec2", "apply")
-    ec2.add_response("get_ebs_default_kms_key_id", {"KmsKeyId": AWS_KEY}, {})
-    ec2.add_response("modify_ebs_default_kms_key_id", {"KmsKeyId": OUR_KEY}, {"KmsKeyId": OUR_KEY})
-    ec2.add_response("get_ebs_default_kms_key_id", {"KmsKeyId": OUR_KEY}, {})
-    other = OUR_KEY.replace("1234abcd", "9999ffff")
-    ec2.add_response("get_ebs_default_kms_key_id", {"KmsKeyId": other}, {})
-    ctx = stubbed.apply_context()
-    assert stubbed.task.apply(ctx, change) == "applied"
-    assert stubbed.task.apply(ctx, change) == "already done"
+def test_configured_key_already_default_is_no_change(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    account = org.accounts["dev-app-1"]
+    ec2 = member_client(emulator.url, account, "ec2", REGION)
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=_our_key(emulator, account))
+    ec2.enable_ebs_encryption_by_default()
+    run = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=_key_config(tmp_path))
+    assert run.code == 0, run.out + run.err
+    assert run.statuses("plan") == ["ok"] and run.changes == []
+
+
+def test_changing_the_default_key_is_destructive_and_planned_first(
+        emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    account = org.accounts["dev-app-1"]
+    ours, aws_key = _our_key(emulator, account), f"arn:aws:kms:{REGION}:{account}:alias/aws/ebs"
+    run = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=_key_config(tmp_path))
+    assert run.code == 0, run.out + run.err
+    key, enable = run.changes
+    assert key["action"] == "set-default-kms-key" and key["destructive"] is True
+    assert key["details"] == [f"KmsKeyId: {aws_key} -> {ours}"]
+    assert key["undo"] == {"operation": "modify_ebs_default_kms_key_id", "KmsKeyId": aws_key}
+    assert enable["action"] == "enable-encryption-by-default" and enable["destructive"] is False
+    assert _default_key(emulator, account) == aws_key and not _encrypted(emulator, account, REGION)
+
+
+def test_apply_sets_the_key_then_replans_clean(emulator: EmulatorClient, org: SandboxOrg, tmp_path: Path) -> None:
+    account = org.accounts["dev-app-1"]
+    ours, config = _our_key(emulator, account), _key_config(tmp_path)
+    emulator.enforce_session_policies(True)
+    run = run_cli(emulator, tmp_path, TASK, account, "--arm", "--confirm-accounts", account, config=config)
+    assert run.code == 0, run.out + run.err
+    assert run.statuses("apply") == ["ok"], run.report
+    assert _default_key(emulator, account) == ours and _encrypted(emulator, account, REGION)
+    again = run_cli(emulator, tmp_path, TASK, account, "--dry-run", config=config)
+    assert again.code == 0 and again.changes == []
+
+
+def test_apply_is_already_done_then_refuses_drift(emulator: EmulatorClient, org: SandboxOrg) -> None:
+    account = org.accounts["dev-app-1"]
+    ours = _our_key(emulator, account)
+    member_client(emulator.url, account, "ec2", REGION).enable_ebs_encryption_by_default()
+    task = EbsDefaultEncryption(EbsDefaultEncryptionConfig(kms_key="alias/ebs-default"))
+    plan_ctx, apply_ctx = emulator_contexts(emulator, task, account, REGION)
+    [change] = task.plan(plan_ctx)
+    assert task.apply(apply_ctx, change) == "applied"
+    assert task.apply(apply_ctx, change) == "already done"
+    kms = member_client(emulator.url, account, "kms", REGION)
+    other = kms.create_key(Description="someone else's")["KeyMetadata"]["Arn"]
+    member_client(emulator.url, account, "ec2", REGION).modify_ebs_default_kms_key_id(KmsKeyId=other)
     with pytest.raises(Drift):
-        stubbed.task.apply(ctx, change)
-    stubbed.assert_done()
+        task.apply(apply_ctx, change)
+    assert _default_key(emulator, account) == other != ours
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
