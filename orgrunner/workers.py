@@ -74,6 +74,13 @@ class Launch:
     undo: list[dict[str, Any]] | None = None
     duration: int = 3600
 
+    def __post_init__(self) -> None:
+        # A worker runs in its own scratch folder: it is handed absolute paths, never ones that only
+        # mean something from this process's current folder (`./config`, `--tasks-dir mytasks`).
+        object.__setattr__(self, "config_dir", self.config_dir.absolute())
+        if self.tasks_dir is not None:
+            object.__setattr__(self, "tasks_dir", self.tasks_dir.absolute())
+
     def readable(self) -> list[Path]:
         paths = [self.config_dir, *builtin_package_paths()]
         return paths + ([self.tasks_dir] if self.tasks_dir is not None else [])

@@ -187,6 +187,10 @@ def test_the_config_file_read_or_its_absence_is_said(cli: Cli, org: SandboxOrg) 
     (cli.home / "config" / "password-policy.yaml").write_text("minimum_password_length: 16\n")
     described = cli.run("describe", "iam-password-policy")
     assert "config file: config/password-policy.yaml\n" in described.stdout and "not found" not in described.stdout
+    # the task worker runs in a scratch folder of its own: it still reads ./config, not its own folder's
+    ran = cli.run("run", "iam-password-policy", "--account", org.accounts["dev-app-1"], "--details", "all")
+    assert ran.returncode == 0 and "not found" not in ran.stderr, ran.stderr
+    assert "MinimumPasswordLength: (no policy) -> 16" in ran.stdout, ran.stdout
 
 
 def test_the_guides_test_example_runs_as_written_in_a_fresh_folder(tmp_path: Path) -> None:
