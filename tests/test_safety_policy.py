@@ -175,8 +175,9 @@ def test_wrong_typed_confirmation_never_assumes_with_the_apply_policy(
     before = default_rules(emulator, account)
 
     child = cli.spawn("run", "strip-default-sg", "--arm", "--region", REGION, "--account", account)
-    child.expect("type the ids of the accounts")
-    child.sendline("yes")
+    for wrong in ("yes", "y", "all"):  # every one of the three attempts answered wrongly
+        child.expect("type the ids of the accounts")
+        child.sendline(wrong)
     child.expect(pexpect.EOF)
     child.close()
 
