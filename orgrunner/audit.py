@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from concurrent_log_handler import ConcurrentRotatingFileHandler
 
+from orgrunner import environment
 from orgrunner.errors import InputError, RecordError
 from orgrunner.evidence import Chain
 from orgrunner.statefiles import Mode, StateFolder, open_file
@@ -77,8 +78,7 @@ def _token_like(match: re.Match[str]) -> str:
 # record write of this process (journal lines and audit events, counted together in the order they
 # are made) fail with ENOSPC, as a full disk would; `N+` fails that one and every later one. The
 # write is replaced where it would reach the file, so everything above it runs as in a real fault.
-# Read once, at start.
-_FAULT = re.fullmatch(r"([1-9][0-9]{0,6})(\+?)", os.environ.get("ORGRUNNER_TEST_FAIL_RECORD_WRITE", ""))
+# Parsed once, at start, with every other variable (orgrunner/environment.py).
 _writes = 0
 _writes_lock = threading.Lock()
 
@@ -86,13 +86,14 @@ _writes_lock = threading.Lock()
 def injected_fault(path: Path) -> None:
     """Raise the injected ENOSPC if this record write is the one ORGRUNNER_TEST_FAIL_RECORD_WRITE names."""
     global _writes
-    if _FAULT is None:
+    fault = environment.current().fail_record_write
+    if fault is None:
         return
     with _writes_lock:
         _writes += 1
         number = _writes
-    first = int(_FAULT.group(1))
-    if number == first or (_FAULT.group(2) and number > first):
+    first, and_later = fault
+    if number == first or (and_later and number > first):
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected: record write {number})", str(path))
 
 

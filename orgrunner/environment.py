@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass
 
 from orgrunner.errors import InputError
@@ -29,6 +30,9 @@ class Environment:
     config: str | None = None  # ORGRUNNER_CONFIG
     state_dir: str | None = None  # ORGRUNNER_STATE_DIR
     emulator: bool = False  # ORGRUNNER_EMULATOR: set by the sandbox and the tests' emulator (aws.py's rewrites)
+    # Test-only switches, inert unless set, refused when malformed (a typo must not turn one on):
+    unfenced_workers: bool = False  # ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS: task workers without fences
+    fail_record_write: tuple[int, bool] | None = None  # ORGRUNNER_TEST_FAIL_RECORD_WRITE=N[+]: the Nth write fails
 
 
 def _integer(name: str, default: int, low: int, high: int) -> int:
@@ -78,6 +82,16 @@ def _path(name: str) -> str | None:
     return raw
 
 
+def _nth_write(name: str) -> tuple[int, bool] | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    match = re.fullmatch(r"([1-9][0-9]{0,6})(\+?)", raw.strip())
+    if match is None:
+        raise InputError(f"{name}={raw!r}: expected N or N+ (the record write that fails, counting from 1)")
+    return int(match.group(1)), bool(match.group(2))
+
+
 @functools.cache
 def current() -> Environment:
     """The environment as orgrunner reads it; parsed on the first call (at start, by the CLI)."""
@@ -90,6 +104,8 @@ def current() -> Environment:
         config=_path("ORGRUNNER_CONFIG"),
         state_dir=_path("ORGRUNNER_STATE_DIR"),
         emulator=_flag("ORGRUNNER_EMULATOR"),
+        unfenced_workers=_flag("ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS"),
+        fail_record_write=_nth_write("ORGRUNNER_TEST_FAIL_RECORD_WRITE"),
     )
 
 

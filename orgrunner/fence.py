@@ -210,7 +210,7 @@ _KEPT = (
 def worker_environment(scratch: Path) -> dict[str, str]:
     """An environment built from scratch: no credential or profile variable, no container
     credential endpoint, empty AWS config and credentials files, HOME an empty private folder."""
-    if os.environ.get(UNFENCED_ENV):
+    if unfenced():
         return dict(os.environ)
     home = scratch / "home"
     home.mkdir(mode=0o700, exist_ok=True)
@@ -228,4 +228,8 @@ def worker_environment(scratch: Path) -> dict[str, str]:
 
 
 def unfenced() -> bool:
-    return bool(os.environ.get(UNFENCED_ENV))
+    """The test-only switch, parsed strictly with the other variables: `=0` or a typo never turns
+    the fences off (a bad value is refused at start)."""
+    from orgrunner import environment
+
+    return environment.current().unfenced_workers

@@ -468,6 +468,8 @@ def test_a_huge_settings_file_is_refused_before_parsing(cli: Cli, emulator: Emul
     ("ORGRUNNER_CONNECT_TIMEOUT", "0"), ("ORGRUNNER_CONNECT_TIMEOUT", "nan"), ("ORGRUNNER_CONNECT_TIMEOUT", "inf"),
     ("ORGRUNNER_READ_TIMEOUT", "-1"), ("AWS_MAX_ATTEMPTS", "abc"), ("AWS_MAX_ATTEMPTS", "0"),
     ("ORGRUNNER_DEBUG", "maybe"),
+    # a test-only switch with a typo is refused, never taken as "on"
+    ("ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS", "maybe"), ("ORGRUNNER_TEST_FAIL_RECORD_WRITE", "two"),
 ])
 def test_a_bad_environment_variable_is_one_line_and_exit_2_before_any_aws_call(
         cli: Cli, emulator: EmulatorClient, name: str, value: str) -> None:

@@ -146,14 +146,12 @@ def test_hostile_task_code_gets_nothing_and_the_operator_key_signs_only_engine_c
     got = [line for line in lines if " GOT " in line]
     assert got == [], got
     # the only descriptors a worker inherits: its standard streams (/dev/null) and the protocol
-    # socket, as seen at import, before it has opened anything itself; in plan and apply it may
-    # also hold the connections its own clients opened to the endpoint (pooled, so a race whether)
-    descriptors = [line for line in lines if "file descriptors" in line]
-    at_import = [line for line in descriptors if line.startswith("import of")]
+    # socket, seen at import, before it opens anything itself. Later (plan, apply) its own threads
+    # hold what they opened (pooled connections, botocore's model files, the IAM table), which is a
+    # race to list; what matters there is that nothing it can read holds a credential (`got` above).
+    at_import = [line for line in lines if line.startswith("import of") and "file descriptors" in line]
     assert at_import and all(re.search(r"file descriptors \(0=char 1=char 2=file \d+=socket\)", line)
                              for line in at_import), at_import
-    assert all(re.search(r"file descriptors \(0=char 1=char 2=file( \d+=socket)+\)", line)
-               for line in descriptors), descriptors
     # the operator's key signed only the engine's own calls: one AssumeRole per account and phase
     assert {r["operation"] for r in signed} <= ENGINE_OPERATIONS, signed
     assert sorted(r["target_account"] for r in signed if r["operation"] == "AssumeRole") == \
@@ -213,3 +211,14 @@ def test_tasks_describe_and_policy_never_import_task_code_where_the_credentials_
         assert result.returncode == 0 and shown in result.stdout, (command, result.stderr[-2000:])
     signed = [r for r in emulator.requests()[mark:] if r.get("access_key_sha256") == sha(OPERATOR_KEY)]
     assert signed == []
+
+
+def test_the_unfenced_switch_set_to_0_keeps_every_fence(cli: Cli, org: SandboxOrg) -> None:
+    """Attack: `ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS=0` (an operator turning the switch "off") must not
+    turn the fences off, as any non-empty value once did."""
+    result = cli.run("run", "strip-default-sg", "--account", org.accounts["dev-app-1"], "--region", "us-east-1",
+                     env=cli.env(**{UNFENCED_ENV: "0"}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    fences = [line for line in result.stderr.splitlines() if line.startswith("fences: ")]
+    assert len(fences) == 1 and "OFF" not in fences[0] and "no credential source" in fences[0] \
+        and ("Landlock ABI" in fences[0] or landlock_abi() == 0), fences
