@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Literal
 
@@ -175,21 +176,19 @@ def _kind(st: os.stat_result) -> str:
 def check_output_path(flag: str, path: Path, *, follow_symlinks: bool = False, create_parents: bool = True) -> None:
     """Before any AWS call: an output path must be a regular file or not exist; a symbolic link
     only with --follow-symlinks; FIFOs, devices and folders are refused (exit 2)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
+    def status(how: Callable[[Path], os.stat_result]) -> os.stat_result | None:
+        try:
+            return how(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+    st = status(os.lstat)
     if st is not None and stat.S_ISLNK(st.st_mode):
         if not follow_symlinks:
             raise InputError(f"{flag} {path} is a symbolic link: refused (pass --follow-symlinks to write through it)")
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
+        st = status(os.stat)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise InputError(f"{flag} {path} is not a regular file ({_kind(st)}): refused")
     folder = path.parent
