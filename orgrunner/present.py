@@ -96,6 +96,23 @@ class PlanView:
             entry = json.loads(self._spool.readline())
             yield not ordinary, str(entry["name"]), _account, Change.from_dict(entry["change"])
 
+    def _grouped(self) -> Iterator[tuple[str, bool, str, str, Change]]:
+        """The kept changes in reading order, each with what starts before it: "section" (risky
+        first), "account", "region" or "" (nothing new). Both renderers walk this one grouping."""
+        section: bool | None = None
+        place: tuple[str, str] | None = None
+        for risky, name, account_id, change in self._kept():
+            if risky != section:
+                section, place = risky, None
+                yield "section", risky, name, account_id, change
+            elif place is None or place[0] != account_id:
+                yield "account", risky, name, account_id, change
+            elif place != (account_id, change.region):
+                yield "region", risky, name, account_id, change
+            else:
+                yield "", risky, name, account_id, change
+            place = (account_id, change.region)
+
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
@@ -122,19 +139,15 @@ class PlanView:
 
     def detail_lines(self) -> Iterator[str]:
         """The kept details, grouped by account and region, the ones that need a look first."""
-        section: bool | None = None
-        place: tuple[str, str] | None = None
-        for risky, name, account_id, change in self._kept():
-            if risky != section:
-                section, place = risky, None
+        for starts, risky, name, account_id, change in self._grouped():
+            if starts == "section":
                 count = self.risky if risky else self.total - self.risky
                 yield ""
                 yield (f"Needs a look first ({count} change(s)):" if risky else f"Other changes ({count}):")
-            if place is None or place[0] != account_id:
+            if starts in ("section", "account"):
                 yield f"{account_id} {visible(name or '-')}"
-            if place != (account_id, change.region):
+            if starts:
                 yield f"  {change.region}"
-            place = (account_id, change.region)
             marks = [m for m in ("destructive" if change.destructive else "", change.risk) if m]
             mark = f" [{'; '.join(visible(m) for m in marks)}]" if marks else ""
             yield f"    {'!' if risky else '~'} {visible(change.summary)}{mark}"
@@ -169,20 +182,16 @@ class PlanView:
             yield "| --- | ---: | ---: | ---: |"
             for kind, c in sorted(self.kinds.items()):
                 yield f"| {md(kind)} | {c.changes} | {c.destructive} | {c.risky} |"
-        section: bool | None = None
-        place: tuple[str, str] | None = None
-        for risky, name, account_id, change in self._kept():
-            if risky != section:
-                section, place = risky, None
+        for starts, risky, name, account_id, change in self._grouped():
+            if starts == "section":
                 yield ""
                 yield "### Needs a look first" if risky else "### Other changes"
-            if place is None or place[0] != account_id:
+            if starts in ("section", "account"):
                 yield ""
                 yield f"#### {account_id} {md(name or '-')}"
                 yield ""
-            if place != (account_id, change.region):
+            if starts:
                 yield f"- **{md(change.region)}**"
-            place = (account_id, change.region)
             marks = [m for m in ("destructive" if change.destructive else "", change.risk) if m]
             mark = f" _({md('; '.join(marks))})_" if marks else ""
             yield f"  - {md(change.summary)}{mark}"
