@@ -86,6 +86,18 @@ class Launch:
         return paths + ([self.tasks_dir] if self.tasks_dir is not None else [])
 
 
+def within(reported: Any, planned: Any) -> bool:
+    """A change a task reports it really did (`ApplyContext.narrow`) is the planned change or less:
+    the same values, with lists holding only items of the planned lists (strip-default-sg narrows
+    to the rules it still found). Anything more was never planned, shown nor confirmed."""
+    if isinstance(planned, dict):
+        return isinstance(reported, dict) and reported.keys() == planned.keys() \
+            and all(within(reported[k], planned[k]) for k in planned)
+    if isinstance(planned, list | tuple):
+        return isinstance(reported, list | tuple) and all(item in planned for item in reported)
+    return bool(reported == planned)
+
+
 def _home() -> Path:
     try:
         return Path(pwd.getpwuid(os.getuid()).pw_dir)
@@ -102,7 +114,7 @@ class _Worker:
     phase: Phase = "plan"
     outstanding: dict[tuple[str, str], Target] = field(default_factory=dict)
     planned: dict[tuple[str, str], list[Change]] = field(default_factory=dict)  # apply: what may be intended
-    intended: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    intended: dict[tuple[str, str], list[Change]] = field(default_factory=dict)
     unrecorded: dict[tuple[str, str], str] = field(default_factory=dict)  # apply: a record that failed
     accounts: dict[str, int] = field(default_factory=dict)  # account -> its unreported targets here
     last_heard: float = field(default_factory=time.monotonic)
@@ -344,7 +356,7 @@ class Workers:
                 error = f"the journal could not record it: {describe_error(exc)}"
         if error is None:
             with self._lock:
-                worker.intended.setdefault(key, []).append({"resource": change.resource, "action": change.action})
+                worker.intended.setdefault(key, []).append(change)
         worker.channel.send({"op": "ack", "seq": message.get("seq"), "error": error})
 
     def _outcome(self, worker: _Worker, message: dict[str, Any]) -> None:
@@ -352,15 +364,20 @@ class Workers:
         outcome = outcome_of(message, target)
         key = (target.account_id, target.region)
         with self._lock:
-            announced = {"resource": outcome.change.resource, "action": outcome.change.action} in \
-                worker.intended.get(key, [])
+            announced = next((c for c in worker.intended.get(key, [])
+                              if (c.resource, c.action) == (outcome.change.resource, outcome.change.action)), None)
         error: str | None = None
+        if announced is not None and not within(outcome.change.to_dict(), announced.to_dict()):
+            # the task says it did more than was planned and confirmed (say, an undo holding a rule
+            # nobody reviewed): the journal keeps the planned change, and the target fails
+            error = f"{outcome.status} but reported as more than the planned change: {announced.summary}"
+            outcome = Outcome(announced, outcome.status, outcome.error)
         if self._on_outcome is not None:
             try:
                 self._on_outcome(target, outcome)  # recorded even when it was not announced
             except Exception as exc:
                 error = f"{outcome.status} but not recorded: {outcome.change.summary}: {describe_error(exc)}"
-        if error is None and not announced:
+        if error is None and announced is None:
             error = f"{outcome.status} without an intent announced first: {outcome.change.summary}"
         if error is not None:
             with self._lock:

@@ -511,6 +511,23 @@ def test_a_worker_forging_results_or_asking_for_another_accounts_credentials_is_
     assert "broke the protocol" in records[0]["error"] and violation in records[0]["error"], records[0]["error"]
 
 
+
+def test_a_task_reporting_it_did_more_than_planned_cannot_put_that_in_the_journal(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient) -> None:
+    """A task's apply may narrow its change to what it really did (the journal then holds that, for
+    undo); one that 'narrows' to MORE (an undo holding a rule open to the world, never planned nor
+    confirmed) must not get it into the journal, where undo would later authorize it: the parent
+    records the planned change and the target fails."""
+    account = org.accounts["dev-app-1"]
+    result = cli.run("run", "widens-what-it-did", "--tasks-dir", str(BROKEN_TASKS), "--account", account, "--arm")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "more than the planned change" in result.stdout + result.stderr
+    journal = [json.loads(line) for path in (state(cli) / "journal").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    recorded = [e["change"]["undo"] for e in journal if e.get("status") == "applied"]
+    assert recorded == [{"rules": [{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIpv4": "10.0.0.0/8"}]}]
+    assert "0.0.0.0/0" not in json.dumps(journal)
+
 # === Records are evidence (issue #17), continued ===============================================
 # Section 1: `undo` acts only on what a run really did.
 
