@@ -120,12 +120,9 @@ def run_hostile(cli: Cli, python: Path, org: SandboxOrg, emulator: EmulatorClien
         env=cli.env(AWS_SHARED_CREDENTIALS_FILE=str(aws_dir / "credentials"),
                     AWS_CONFIG_FILE=str(aws_dir / "config"), **env))
     lines = [note for r in records(cli.home / "report.jsonl") for note in r["notes"]]
-    journal = next((cli.home / "state" / "orgrunner" / "journal").glob("*.jsonl"), None)
-    if journal is not None:
-        for line in journal.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["status"] == "applied":
-                lines += entry["change"]["after"]
+    for r in records(cli.home / "report.jsonl"):
+        if r["phase"] == "apply" and r["error"]:  # apply fails on purpose, carrying what it found
+            lines += r["error"].removeprefix("RuntimeError: ").split(" || ")
     signed = [r for r in emulator.requests()[mark:] if r.get("access_key_sha256") == sha(OPERATOR_KEY)]
     return result, lines, signed
 
@@ -134,7 +131,7 @@ def run_hostile(cli: Cli, python: Path, org: SandboxOrg, emulator: EmulatorClien
 def test_hostile_task_code_gets_nothing_and_the_operator_key_signs_only_engine_calls(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient, hostile_python: Path, metadata_url: str) -> None:
     result, lines, signed = run_hostile(cli, hostile_python, org, emulator, metadata_url)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # its apply fails on purpose
     fences = [line for line in result.stderr.splitlines() if line.startswith("fences: ")]
     assert len(fences) == 1 and "Landlock ABI" in fences[0] and "TCP connect to port" in fences[0], fences
     assert "not dumpable" in fences[0]
@@ -165,7 +162,7 @@ def test_with_the_fences_off_the_same_task_gets_the_operator_key(
         cli: Cli, org: SandboxOrg, emulator: EmulatorClient, hostile_python: Path, metadata_url: str) -> None:
     """The switch that turns the fences off proves the test above can fail."""
     result, lines, signed = run_hostile(cli, hostile_python, org, emulator, metadata_url, **{UNFENCED_ENV: "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # its apply fails on purpose
     assert f"fences: OFF: {UNFENCED_ENV} is set" in result.stderr
     got = " ".join(line for line in lines if " GOT " in line)
     assert sha(OPERATOR_SECRET) in got and sha(IMDS_SECRET) in got

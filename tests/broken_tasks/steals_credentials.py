@@ -5,12 +5,12 @@ At import time (its own, the helper module `_steal` it imports, and the entry-po
 botocore's default chain, every named profile, the real user's ~/.aws and SSO cache (and the
 paths its config names), the metadata endpoints, the parent's /proc environ and mem, inherited
 file descriptors and direct boto3 clients. It notes what it got (digests, never values): in plan
-through `ctx.note`, in apply in the change it reports it applied (the journal keeps it).
+through `ctx.note`; in apply in the error it fails with (lines joined by ` || `), the one channel
+an apply has that the parent passes on: a change reported as more than was planned is not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -56,5 +56,4 @@ class StealsCredentials(Task):
         return [ctx.change("nothing", "look", "look around once more in apply", destructive=False)]
 
     def apply(self, ctx: ApplyContext, change: Change) -> str:
-        ctx.narrow(dataclasses.replace(change, after=[f"apply: {line}" for line in self._attempts()]))
-        return "applied"
+        raise RuntimeError(" || ".join(f"apply: {line}" for line in self._attempts()))
