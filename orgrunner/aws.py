@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from orgrunner import environment
+from orgrunner.config import environment
 
 USER_AGENT = "orgrunner/0.1"
 HOME_REGION = "us-east-1"  # the aws partition's region for Organizations, IAM and other global APIs
@@ -318,7 +318,7 @@ def _strip_account_from_host(**kwargs: Any) -> None:
     request.url = _ACCOUNT_HOST.sub(r"\1", request.url)
 
 
-EMULATOR_SWITCH = "ORGRUNNER_EMULATOR"  # set by the sandbox and the tests' emulator (orgrunner/sandbox.py)
+EMULATOR_SWITCH = "ORGRUNNER_EMULATOR"  # set by the sandbox and the tests' emulator (orgrunner/sandbox/org.py)
 
 
 def emulator_rewrites_enabled() -> bool:

@@ -15,7 +15,7 @@ OrgrunnerError                  base; carries the exit code the CLI uses
 ```
 Exit codes: 0 success, 1 one or more targets failed, 2 bad input, 3 refused by safety,
 4 changes pending (a dry run with --fail-on-changes), 70 internal error, 75 another run holds the
-lock (orgrunner.lock), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+lock (orgrunner.safety.lock), 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations

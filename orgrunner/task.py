@@ -188,7 +188,7 @@ class ApplyContext(TaskContext):
     phase: Phase = "apply"
 
     def __init__(self, task: Task, target: Target, clients: Callable[[str, Phase], Any], armed: Any) -> None:
-        from orgrunner.confirm import Armed
+        from orgrunner.safety.confirm import Armed
 
         if not isinstance(armed, Armed) or not armed.covers(target.account_id) or armed.task != task.name:
             raise TypeError("an apply context needs the Armed value of a confirmation covering its task and account")
@@ -208,7 +208,7 @@ def configure(cls: type[Task], config_dir: Path) -> Task:
     A task with a `Config` whose file is absent runs with the model's defaults, if it has them."""
     if cls.Config is None:
         return cls()
-    from orgrunner import configfile
+    from orgrunner.config import configfile
     from orgrunner.errors import InputError
 
     path = config_dir / cls.config_file if cls.config_file else None
@@ -228,7 +228,7 @@ T = TypeVar("T", bound=type[Task])
 
 def register(cls: T) -> T:
     """Class decorator: validate a task's declaration and add it to the registry."""
-    from orgrunner.policy import check_declaration
+    from orgrunner.safety.policy import check_declaration
 
     check_declaration(cls)
     existing = _REGISTRY.get(cls.name)
@@ -364,7 +364,7 @@ class TaskSpec:
     def from_dict(cls, data: Any) -> TaskSpec:
         """A declaration sent by a worker: every field checked for its type, then the declaration
         itself as `register` checks a class. Raises ValueError."""
-        from orgrunner.policy import check_declaration
+        from orgrunner.safety.policy import check_declaration
 
         if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
             raise ValueError("not a task declaration")

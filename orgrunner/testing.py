@@ -34,7 +34,7 @@ from typing import Any
 import boto3
 import pytest
 
-from orgrunner.sandbox import (
+from orgrunner.sandbox.org import (
     SANDBOX_ENV_CREDENTIALS,
     SandboxOrg,
     sandbox_environment,

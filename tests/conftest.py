@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg, seed_organization, start_emulator
+from orgrunner.sandbox.org import SandboxOrg, seed_organization, start_emulator
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orgrunner.confirm import confirm_listed
-from orgrunner.guard import CallGuard
-from orgrunner.policy import phase_actions
+from orgrunner.safety.confirm import confirm_listed
+from orgrunner.safety.guard import CallGuard
+from orgrunner.safety.policy import phase_actions
 from orgrunner.task import GLOBAL_REGION, ApplyContext, Phase, Target, Task, TaskContext
 from tests.emulator.client import EmulatorClient, member_client
 

@@ -27,7 +27,7 @@ import pexpect
 import pyte
 import pytest
 
-from orgrunner.sandbox import SandboxOrg, seed_organization
+from orgrunner.sandbox.org import SandboxOrg, seed_organization
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids, member_client
 
@@ -123,7 +123,7 @@ def test_an_account_name_cannot_hide_text_in_the_protected_prompt_and_the_id_con
 
 
 def seed_default_group(emulator: EmulatorClient, account: str) -> None:
-    from orgrunner.sandbox import _open_default_security_group
+    from orgrunner.sandbox.org import _open_default_security_group
     from tests.emulator.client import member_client
 
     _open_default_security_group(member_client(emulator.url, account, "ec2", REGION))
@@ -158,7 +158,7 @@ def test_visible_leaves_no_character_a_terminal_would_obey() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from orgrunner.escape import visible
+    from orgrunner.cli.escape import visible
 
     @given(st.text())
     def check(text: str) -> None:
@@ -1015,7 +1015,7 @@ def test_a_record_write_failing_at_any_point_never_loses_a_change_or_exits_0(
 def test_an_armed_value_of_another_task_opens_no_apply_context(org: SandboxOrg) -> None:
     """Attack: hand the apply phase of one task the `Armed` value a confirmation made for another
     task covering the same account. Must hold: no ApplyContext opens (it checks the task too)."""
-    from orgrunner.confirm import confirm_unguarded
+    from orgrunner.safety.confirm import confirm_unguarded
     from orgrunner.task import ApplyContext, Target, configure, load_tasks
 
     account = org.accounts["dev-app-1"]

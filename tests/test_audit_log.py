@@ -12,8 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from orgrunner.audit import AuditLog
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.records.audit import AuditLog
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, SandboxOrg
 from orgrunner.task import Change
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
@@ -28,7 +28,7 @@ ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 WRITER = """
 import sys, time
 from pathlib import Path
-from orgrunner.audit import AuditLog
+from orgrunner.records.audit import AuditLog
 
 path, writer, count, gun = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 log = AuditLog(path, f"writer-{writer}", max_bytes=int(sys.argv[5]), backups=int(sys.argv[6]))

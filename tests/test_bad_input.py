@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg, seed_organization
+from orgrunner.sandbox.org import SandboxOrg, seed_organization
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orgrunner import __version__
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient
 

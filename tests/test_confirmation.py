@@ -9,7 +9,7 @@ from typing import Any
 
 import pexpect
 
-from orgrunner.sandbox import SandboxOrg, seed_organization
+from orgrunner.sandbox.org import SandboxOrg, seed_organization
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, assume_role, aws_client
 from tests.test_run_dry import new_requests, ok, snapshot, writes

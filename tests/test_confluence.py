@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orgrunner import confluence
 from orgrunner.errors import InputError
+from orgrunner.publish import confluence
 from tests.confluence_server import Confluence, StoredPage
 
 TOKEN = "ATATT3xFfGF0-not-a-real-token-9f8e7d"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from orgrunner import iamdata
 from orgrunner.errors import TaskLoadError
-from orgrunner.policy import MAX_POLICY_CHARS, check_declaration, render, session_policy
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.safety import iamdata
+from orgrunner.safety.policy import MAX_POLICY_CHARS, check_declaration, render, session_policy
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import Task
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient

@@ -7,7 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 
@@ -38,7 +38,6 @@ def test_tasks_of_installed_packages_load_through_the_entry_point_group(cli: Cli
     (site / "acme_tasks.py").write_text(textwrap.dedent('''
         """acme-audit: a third-party task."""
         from orgrunner import Change, Task, TaskContext, register
-
         @register
         class AcmeAudit(Task):
             name = "acme-audit"

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg, start_emulator
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, SandboxOrg, start_emulator
 from tests.emulator.client import EmulatorClient, assume_role, aws_client, member_client
 from tests.emulator.middleware import session_policy_verdict
 

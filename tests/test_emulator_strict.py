@@ -1,4 +1,4 @@
-"""The emulator layer shared by the sandbox and the tests (orgrunner/emulator.py) says no where
+"""The emulator layer shared by the sandbox and the tests (orgrunner/sandbox/emulator.py) says no where
 AWS says no: AssumeRole only into roles that exist and trust the caller, DescribeRegions for the
 caller's partition only; and the S3 Control host rewrite is for orgrunner's emulator alone."""
 
@@ -10,9 +10,10 @@ import botocore.awsrequest
 import pytest
 from botocore.exceptions import ClientError
 
-from orgrunner import aws, environment
-from orgrunner.emulator import AWS_DEFAULT_REGIONS
-from orgrunner.sandbox import SandboxOrg
+from orgrunner import aws
+from orgrunner.config import environment
+from orgrunner.sandbox.emulator import AWS_DEFAULT_REGIONS
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, assume_role, aws_client, create_role, member_client
 

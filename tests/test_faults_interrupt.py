@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import Change
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient

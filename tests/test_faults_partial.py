@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_run_dry import assume_calls, new_requests, snapshot

@@ -3,7 +3,7 @@ traceback, exits 2 with the problem named, and makes no AWS call before rejectin
 
 The generators only make invalid input: every argument list holds at least one invalid option
 (among valid ones, in any order), every settings or task config file at least one invalid entry.
-They run in-process through `orgrunner.cli.main` (what the installed command runs), so that
+They run in-process through `orgrunner.cli.app.main` (what the installed command runs), so that
 hundreds of examples stay fast; a few fixed cases run the installed command itself. The emulator
 is reset before each test and never seeded here, so `emulator.requests()` must stay empty: any AWS
 call, even a failed one, would be recorded.
@@ -33,8 +33,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orgrunner import aws, cli
-from orgrunner.settings import Settings
+from orgrunner import aws
+from orgrunner.cli import app as cli
+from orgrunner.config.settings import Settings
 from orgrunner.task import load_tasks
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient
@@ -58,7 +59,7 @@ class Outcome:
 
 
 def invoke(args: list[str]) -> Outcome:
-    """`orgrunner ARGS` through `orgrunner.cli.main`, as the installed command runs it."""
+    """`orgrunner ARGS` through `orgrunner.cli.app.main`, as the installed command runs it."""
     sigterm = signal.getsignal(signal.SIGTERM)
     out, err = io.StringIO(), io.StringIO()
     argv, sys.argv = sys.argv, ["orgrunner", *args]
@@ -104,7 +105,7 @@ def assert_rejected(outcome: Outcome, emulator: EmulatorClient, *words: str) -> 
 # --- what the engine accepts (the generators stay outside it) -------------------------------------
 
 def engine_accepts_account(text: str) -> bool:
-    return re.match(r"^\d{12}$", text) is not None  # orgrunner.accounts.ACCOUNT_ID (Unicode \d, "$" before \n)
+    return re.match(r"^\d{12}$", text) is not None  # orgrunner.engine.accounts.ACCOUNT_ID (Unicode \d, "$" before \n)
 
 
 def engine_accepts_ou(text: str) -> bool:

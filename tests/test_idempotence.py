@@ -17,7 +17,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import GLOBAL_REGION, configure, load_tasks
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, member_client

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pexpect
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, member_client
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pyte
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_faults_partial import FaultProxy

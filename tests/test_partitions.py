@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from orgrunner import aws
-from orgrunner.sandbox import seed_organization
+from orgrunner.sandbox.org import seed_organization
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli, orgrunner_command
 from tests.conftest import REPO_ROOT
 from tests.emulator.client import default_rule_ids

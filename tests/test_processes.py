@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_faults_interrupt import REGION_ARGS, TOTAL, output, records, start, stop, wait_for

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, SandboxOrg
 from orgrunner.task import Change
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, assume_role, aws_client

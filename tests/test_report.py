@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from orgrunner import compliance
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.publish import compliance
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.confluence_server import Confluence, StoredPage
 from tests.conftest import REPO_ROOT

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from cfnlint.api import ManualArgs, lint
 
-from orgrunner import iamdata
-from orgrunner.policy import phase_actions
+from orgrunner.safety import iamdata
+from orgrunner.safety.policy import phase_actions
 from orgrunner.task import BUILTIN_TASKS, Task, load_tasks
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "config" / "orgrunner-role.yaml"
@@ -87,7 +87,7 @@ def _granted(role: dict[str, Any]) -> set[str]:
 
 def _declared(tasks: list[type[Task]]) -> dict[str, set[str]]:
     """Action -> the built-in tasks that need it: plan, apply and undo actions, the engine's own, and
-    the dependent actions AWS requires of each (from orgrunner/iamdata.py's table)."""
+    the dependent actions AWS requires of each (from orgrunner/safety/iamdata.py's table)."""
     needed: dict[str, set[str]] = {}
     for cls in tasks:
         actions = iamdata.with_dependents(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_run_dry import (

@@ -10,7 +10,7 @@ import re
 import subprocess
 from typing import Any
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, assume_role, aws_client
 

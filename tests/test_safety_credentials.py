@@ -20,7 +20,7 @@ import pytest
 from botocore.config import Config
 
 from orgrunner import aws
-from orgrunner.credentials import (
+from orgrunner.engine.credentials import (
     MAX_SESSION_NAME,
     RoleAssumer,
     RoleRequest,
@@ -28,9 +28,9 @@ from orgrunner.credentials import (
     session_name,
     source_identity,
 )
+from orgrunner.engine.identity import operator_name
 from orgrunner.errors import SafetyRefusal
-from orgrunner.identity import operator_name
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids
 
@@ -452,8 +452,7 @@ def test_mfa_operator_session_cannot_refresh_and_says_so(emulator: EmulatorClien
 def test_an_accounts_credentials_leave_the_scrubber_when_its_work_is_done(org: SandboxOrg) -> None:
     """Scrubbing checks every credential the process holds against each output line: it must stay
     proportional to the accounts in flight (at 3,000 registered accounts it cost 1 ms a line)."""
-    from orgrunner import audit
-
+    from orgrunner.records import audit
     request = RoleRequest(role_name="OrganizationAccountAccessRole", session_name="or.test.x",
                           source_identity="tester", policy=None)
     assumer = RoleAssumer(aws.Session.from_profile(None), request)

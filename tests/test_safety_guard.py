@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 
 from orgrunner import aws
 from orgrunner.errors import CallNotAllowed
-from orgrunner.guard import CallGuard
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.safety.guard import CallGuard
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, default_rule_ids
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pexpect
 
-from orgrunner.policy import MAX_POLICY_CHARS, is_read_action, render, session_policy
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.safety.policy import MAX_POLICY_CHARS, is_read_action, render, session_policy
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import load_tasks
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, member_client

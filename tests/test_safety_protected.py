@@ -15,7 +15,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids, member_client
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from orgrunner.fence import UNFENCED_ENV, landlock_abi
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, SandboxOrg
+from orgrunner.safety.fence import UNFENCED_ENV, landlock_abi
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient
 from tests.test_faults_interrupt import records
@@ -112,7 +112,7 @@ def run_hostile(cli: Cli, python: Path, org: SandboxOrg, emulator: EmulatorClien
     accounts = [org.accounts["dev-app-1"], org.accounts["prod-app-1"]]
     mark = len(emulator.requests())
     result = subprocess.run(
-        [str(python), "-c", "from orgrunner.cli import main; main()", "run", "steals-credentials", "--arm",
+        [str(python), "-c", "from orgrunner.cli.app import main; main()", "run", "steals-credentials", "--arm",
          "--tasks-dir", str(BROKEN_TASKS), "--config", str(config / "orgrunner.yaml"),
          "--confirm-accounts", ",".join(accounts), "--report", str(cli.home / "report.jsonl"),
          *(a for account in accounts for a in ("--account", account))],

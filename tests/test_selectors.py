@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg, seed_organization
+from orgrunner.sandbox.org import SandboxOrg, seed_organization
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, create_role
 from tests.test_run_dry import planned as planned_targets

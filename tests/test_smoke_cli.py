@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import member_client
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from orgrunner_builtin_tasks.ebs_default_encryption import EbsDefaultEncryption, EbsDefaultEncryptionConfig
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import Drift
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import emulator_contexts, run_cli, task_config

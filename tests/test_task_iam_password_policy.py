@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from orgrunner_builtin_tasks.iam_password_policy import IamPasswordPolicy, PasswordPolicyConfig
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import Drift
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import emulator_contexts, run_cli, task_config

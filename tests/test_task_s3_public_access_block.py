@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from orgrunner_builtin_tasks.s3_account_public_access_block import PublicAccessBlockConfig, S3AccountPublicAccessBlock
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from orgrunner.task import Drift
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import emulator_contexts, run_cli, task_config

@@ -1,5 +1,5 @@
 """securityhub-controls, end to end through the CLI against the emulator layer's Security Hub
-(orgrunner/emulator.py: hub, standards, control associations and a delegated administrator's central
+(orgrunner/sandbox/emulator.py: hub, standards, control associations and a delegated administrator's central
 configuration, AWS's shapes and errors)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from orgrunner_builtin_tasks.securityhub_controls import SecurityHubControlsConfig
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.emulator.client import EmulatorClient, member_client
 from tests.tasks_helpers import run_cli, task_config
 
@@ -189,8 +189,7 @@ def test_config_errors_name_the_file_and_line(emulator: EmulatorClient, org: San
 
 
 def test_shipped_config_is_valid() -> None:
-    from orgrunner import configfile
-
+    from orgrunner.config import configfile
     root = Path(__file__).resolve().parents[1]
     config = configfile.load(root / "config" / "securityhub-controls.yaml", SecurityHubControlsConfig)
     assert config.standards[CIS]["IAM.15"].status == "ENABLED"

@@ -13,7 +13,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, member_client
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orgrunner.sandbox import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, member_client
 

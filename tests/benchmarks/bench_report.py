@@ -14,8 +14,8 @@ import argparse
 import random
 import time
 
-from orgrunner import compliance
-from orgrunner.runner import TargetResult
+from orgrunner.engine.runner import TargetResult
+from orgrunner.publish import compliance
 from orgrunner.task import GLOBAL_REGION, Change, Target, TaskSpec
 
 REGIONS = ["us-east-1", "eu-west-1", "us-west-2", "ap-southeast-2", "eu-central-1", "sa-east-1"]

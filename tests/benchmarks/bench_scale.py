@@ -50,8 +50,8 @@ import botocore.session
 import psutil
 from botocore.config import Config
 
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, Emulator, sandbox_environment, start_emulator
-from orgrunner.workers import MAX_AUTO_PROCESSES
+from orgrunner.engine.workers import MAX_AUTO_PROCESSES
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, Emulator, sandbox_environment, start_emulator
 from tests.benchmarks import whatif
 
 REPO = Path(__file__).resolve().parents[2]

@@ -76,7 +76,6 @@ def class_cache() -> None:
 
 def serial_loader() -> None:
     from orgrunner import aws
-
     loader = aws.shared_loader()
     lock = threading.RLock()
     for name in ("load_service_model", "load_data", "load_data_with_path", "list_available_services"):
@@ -90,7 +89,7 @@ def serial_loader() -> None:
 
 
 def known_regions() -> None:
-    from orgrunner.runner import Runner
+    from orgrunner.engine.runner import Runner
 
     original = Runner._regions
 

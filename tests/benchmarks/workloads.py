@@ -67,7 +67,7 @@ def orgrunner_cli(spec: dict[str, Any], clock: Clock, processes: int | None = No
     """The `orgrunner run` command, as the console script runs it, in this process (the rule
     counts are read from its report). `processes`: `--processes N`; None leaves orgrunner's
     default (one planning process per CPU, at most 4, each with 50 accounts or more)."""
-    from orgrunner.cli import main
+    from orgrunner.cli.app import main
 
     report = Path(spec["scratch"]) / f"report-{spec['label']}.jsonl"
     argv = ["orgrunner", "run", TASK, "--dry-run", "--tasks-dir", str(TASKS_DIR),
@@ -108,11 +108,11 @@ def noted_rules(notes: list[str] | tuple[str, ...]) -> int:
 def orgrunner_api(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     """orgrunner's engine through its Python API (Organization -> RoleAssumer -> Workers), without
     the CLI's report, audit log and terminal output."""
-    from orgrunner.accounts import Organization, Selectors
-    from orgrunner.credentials import RoleAssumer, RoleRequest
-    from orgrunner.identity import base_session
-    from orgrunner.policy import render, session_policy
-    from orgrunner.workers import Launch, Workers, auto_processes
+    from orgrunner.engine.accounts import Organization, Selectors
+    from orgrunner.engine.credentials import RoleAssumer, RoleRequest
+    from orgrunner.engine.identity import base_session
+    from orgrunner.engine.workers import Launch, Workers, auto_processes
+    from orgrunner.safety.policy import render, session_policy
 
     workers = Workers(Launch(TASK, TASKS_DIR, Path(spec["scratch"])), spec["workers"], 300)
     cls = workers.start(1)
@@ -219,7 +219,7 @@ def clients(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     import botocore.credentials
 
     from orgrunner import aws
-    from orgrunner.guard import CallGuard
+    from orgrunner.safety.guard import CallGuard
 
     creds = botocore.credentials.Credentials("ASIABENCHEXAMPLE0001", "secret", "token")
     regions, mode, count = spec["regions"], spec["mode"], spec["count"]

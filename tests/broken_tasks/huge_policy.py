@@ -3,7 +3,7 @@ AWS's limit, so it must fail to load (and never reach AssumeRole)."""
 
 from __future__ import annotations
 
-from orgrunner import iamdata
+from orgrunner.safety import iamdata
 from orgrunner.task import Change, Task, TaskContext, register
 
 _READS = [a for a in iamdata.service_actions("ec2") if iamdata.is_read(a)][:300]

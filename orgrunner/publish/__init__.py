@@ -1,0 +1,1 @@
+"""`orgrunner report`: the organization's compliance as one document, and publishing it."""

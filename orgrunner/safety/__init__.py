@@ -1,0 +1,1 @@
+"""The safety layers: fences, session policies, the call guard, confirmations, locks and saved plans."""
