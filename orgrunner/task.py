@@ -148,6 +148,16 @@ class TaskContext:
         """A remark for the operator about this target (printed and reported with its result)."""
         self.notes.append(text)
 
+    def restorable(self, done: Change, live: Any, what: str) -> bool:
+        """For `plan_undo` of a task whose change sets a value: True when `live` is still what the
+        run set (`done.after`), so that restoring `done.before` reverses exactly that run. Otherwise
+        a note says why it is left alone (already as before the run, or changed since)."""
+        if live == done.before:
+            self.note(f"{what} is already as it was before the run; nothing to restore")
+        elif live != done.after:
+            self.note(f"{what} has changed since the run; not restored")
+        return bool(live == done.after and live != done.before)
+
     @property
     def account_id(self) -> str:
         return self.target.account_id

@@ -148,12 +148,12 @@ def _beat(channel: Channel, progress: Callable[[], int]) -> None:
 def _load(hello: dict[str, Any]) -> Task:
     tasks_dir = Path(hello["tasks_dir"]) if hello.get("tasks_dir") else None
     loaded = load_tasks(tasks_dir)
-    task = configure(loaded.get(str(hello["task"])), Path(hello["config_dir"]))
-    if hello.get("undo") is not None:
+    cls = loaded.get(str(hello["task"]))
+    if hello.get("undo") is not None:  # an undo works from the run's journal, never from today's config file
         from orgrunner.engine.undo import reversal
 
-        task = reversal(task, [Change.from_dict(c) for c in hello["undo"]])
-    return task
+        return reversal(cls(), [Change.from_dict(c) for c in hello["undo"]])
+    return configure(cls, Path(hello["config_dir"]))
 
 
 def serve(channel: Channel) -> None:
