@@ -16,6 +16,11 @@ and is undone by DisableEbsEncryptionByDefault, so it needs `--arm` alone. Chang
 is not a tightening but a swap: every principal and service-linked role that launches instances
 then needs grants on the new key, or launches fail; so it is destructive, and needs `--arm` and the
 typed confirmation. Its `undo` restores the old key.
+
+Undo (`orgrunner undo RUN_ID`) turns encryption by default off again where the run turned it on
+and it is still on, and puts the old default key back (ResetEbsDefaultKmsKeyId for AWS's managed
+`aws/ebs`) where the default key is still the one the run set; a key changed since is left alone
+and reported.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from orgrunner.aws import call
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
 
 SET_KEY, ENABLE = "set-default-kms-key", "enable-encryption-by-default"
+RESTORE_KEY, DISABLE = "restore-default-kms-key", "disable-encryption-by-default"
 
 
 class EbsDefaultEncryptionConfig(BaseModel):
@@ -52,6 +58,13 @@ def _default_key(ec2: Any) -> str:
     return str(call(ec2, "get_ebs_default_kms_key_id")["KmsKeyId"])
 
 
+def _set_default_key(ec2: Any, key: str) -> None:
+    if key.endswith(":alias/aws/ebs"):  # AWS's managed key: only a reset makes it the default again
+        call(ec2, "reset_ebs_default_kms_key_id")
+    else:
+        call(ec2, "modify_ebs_default_kms_key_id", KmsKeyId=key)
+
+
 @register
 class EbsDefaultEncryption(Task):
     name = "ebs-default-encryption"
@@ -60,6 +73,8 @@ class EbsDefaultEncryption(Task):
     regional = True
     plan_actions = ("ec2:GetEbsEncryptionByDefault", "ec2:GetEbsDefaultKmsKeyId", "kms:DescribeKey")
     apply_actions = ("ec2:EnableEbsEncryptionByDefault", "ec2:ModifyEbsDefaultKmsKeyId")
+    undo_actions = ("ec2:DisableEbsEncryptionByDefault", "ec2:ModifyEbsDefaultKmsKeyId",
+                    "ec2:ResetEbsDefaultKmsKeyId")
     config_file = "ebs-default-encryption.yaml"
     Config = EbsDefaultEncryptionConfig
 
@@ -89,17 +104,37 @@ class EbsDefaultEncryption(Task):
             ))
         return changes
 
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        ec2, changes = ctx.client("ec2"), []
+        for done in applied:
+            if done.action == ENABLE:
+                live: dict[str, Any] = {"EbsEncryptionByDefault": _encrypted(ec2)}
+                what, action, summary = ("EBS encryption by default", DISABLE,
+                                         "disable EBS encryption by default (off before the run)")
+            else:
+                live = {"KmsKeyId": _default_key(ec2)}
+                what, action, summary = (f"the default EBS key (now {live['KmsKeyId']})", RESTORE_KEY,
+                                         "restore the default EBS encryption key from before the run")
+            if ctx.restorable(done, live, what):
+                changes.append(ctx.change(
+                    resource=done.resource, action=action, summary=summary,
+                    details=[f"{f}: {live[f]} -> {old}" for f, old in done.before.items()],
+                    before=live, after=done.before,
+                ))
+        return changes
+
     def apply(self, ctx: ApplyContext, change: Change) -> str:
         ec2 = ctx.client("ec2")
-        if change.action == ENABLE:
-            if _encrypted(ec2):
+        if change.action in (ENABLE, DISABLE):
+            if _encrypted(ec2) == change.after["EbsEncryptionByDefault"]:
                 return "already done"
-            call(ec2, "enable_ebs_encryption_by_default")
+            call(ec2, "enable_ebs_encryption_by_default" if change.action == ENABLE
+                 else "disable_ebs_encryption_by_default")
             return "applied"
         live = _default_key(ec2)
         if live == change.after["KmsKeyId"]:
             return "already done"
         if live != change.before["KmsKeyId"]:
             raise Drift(f"the default EBS key changed since the plan (now {live}); not touched")
-        call(ec2, "modify_ebs_default_kms_key_id", KmsKeyId=change.after["KmsKeyId"])
+        _set_default_key(ec2, change.after["KmsKeyId"])
         return "applied"

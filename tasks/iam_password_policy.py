@@ -15,6 +15,10 @@ Destructive or not, decided per plan: a change that only tightens (a longer mini
 character classes, more remembered passwords, a shorter expiry) needs `--arm` alone and is undone
 by restoring the old policy, kept in the change's `undo` (or deleting the policy if there was
 none). A change that weakens any field is destructive: `--arm` and the typed confirmation.
+
+Undo (`orgrunner undo RUN_ID`) puts the policy from before the run back, or deletes the policy if
+the account had none, when the live policy is still the one the run set; a policy changed since
+is left alone and reported.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class IamPasswordPolicy(Task):
     regional = False
     plan_actions = ("iam:GetAccountPasswordPolicy",)
     apply_actions = ("iam:UpdateAccountPasswordPolicy",)
+    undo_actions = ("iam:UpdateAccountPasswordPolicy", "iam:DeleteAccountPasswordPolicy")
     config_file = "password-policy.yaml"
     Config = PasswordPolicyConfig
 
@@ -111,6 +116,22 @@ class IamPasswordPolicy(Task):
             destructive=bool(weaker),
         )]
 
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        live, changes = _live(ctx.client("iam")), []
+        for done in applied:
+            if not ctx.restorable(done, live, "the account password policy") or live is None:
+                continue
+            old = done.before
+            changes.append(ctx.change(
+                resource=done.resource, action="restore-password-policy" if old else "delete-password-policy",
+                summary="restore the password policy from before the run" if old
+                else "delete the password policy (the account had none before the run)",
+                details=[f"{f}: {_show(live[f])} -> {_show(old[f]) if old else '(no policy)'}"
+                         for f in FIELDS if old is None or live[f] != old[f]],
+                before=live, after=old,
+            ))
+        return changes
+
     def apply(self, ctx: ApplyContext, change: Change) -> str:
         iam = ctx.client("iam")
         live = _live(iam)
@@ -118,5 +139,8 @@ class IamPasswordPolicy(Task):
             return "already done"
         if live != change.before:
             raise Drift("the account password policy changed since the plan; not touched")
-        call(iam, "update_account_password_policy", **_params(change.after))
+        if change.after is None:  # an undo: the account had no policy before the run
+            call(iam, "delete_account_password_policy")
+        else:
+            call(iam, "update_account_password_policy", **_params(change.after))
         return "applied"

@@ -14,6 +14,10 @@ Destructive or not, decided per plan: turning settings on only tightens (public 
 those paths is then refused) and is undone by restoring the old settings (in `undo`; deleting the
 configuration if there was none), so it needs `--arm` alone. Turning any setting off relaxes
 security: destructive, `--arm` and the typed confirmation.
+
+Undo (`orgrunner undo RUN_ID`) puts the settings from before the run back, or deletes the
+configuration if the account had none, when the live settings are still those the run set;
+settings changed since are left alone and reported.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class S3AccountPublicAccessBlock(Task):
     regional = False
     plan_actions = ("s3:GetAccountPublicAccessBlock",)
     apply_actions = ("s3:PutAccountPublicAccessBlock",)
+    undo_actions = ("s3:PutAccountPublicAccessBlock",)  # AWS authorizes DeletePublicAccessBlock by it
     config_file = "s3-account-public-access-block.yaml"
     Config = PublicAccessBlockConfig
 
@@ -86,6 +91,22 @@ class S3AccountPublicAccessBlock(Task):
             destructive=bool(relaxed),
         )]
 
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        live, changes = _live(ctx.client("s3control"), ctx.account_id), []
+        for done in applied:
+            if not ctx.restorable(done, live, "the account's Block Public Access configuration") or live is None:
+                continue
+            old = done.before
+            changes.append(ctx.change(
+                resource=done.resource, action="restore-public-access-block" if old else "delete-public-access-block",
+                summary="account Block Public Access: restore the settings from before the run" if old
+                else "account Block Public Access: delete the configuration (none before the run)",
+                details=[f"{f}: {live[f]} -> {old[f] if old else '(no configuration)'}"
+                         for f in FIELDS if old is None or live[f] != old[f]],
+                before=live, after=old,
+            ))
+        return changes
+
     def apply(self, ctx: ApplyContext, change: Change) -> str:
         s3control = ctx.client("s3control")
         live = _live(s3control, ctx.account_id)
@@ -93,6 +114,9 @@ class S3AccountPublicAccessBlock(Task):
             return "already done"
         if live != change.before:
             raise Drift("the account's Block Public Access settings changed since the plan; not touched")
-        call(s3control, "put_public_access_block", AccountId=ctx.account_id,
-             PublicAccessBlockConfiguration=change.after)
+        if change.after is None:  # an undo: the account had no configuration before the run
+            call(s3control, "delete_public_access_block", AccountId=ctx.account_id)
+        else:
+            call(s3control, "put_public_access_block", AccountId=ctx.account_id,
+                 PublicAccessBlockConfiguration=change.after)
         return "applied"

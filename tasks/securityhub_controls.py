@@ -24,10 +24,15 @@ writes; in member accounts, which cannot see it, the update's refusal is reporte
 Destructive or not, decided per change: enabling a control only tightens (it adds checks) and is
 undone by disabling it again (the old reason is kept in `undo`), so it needs `--arm` alone.
 Disabling a control relaxes security monitoring: destructive, `--arm` and the typed confirmation.
+
+Undo (`orgrunner undo RUN_ID`) gives each control the run changed its status (and reason) from
+before the run again, when it still has the status (and reason) the run set; a control changed
+since is left alone and reported. The task sets no control parameters, so undo restores none.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from botocore.exceptions import ClientError
@@ -42,6 +47,7 @@ CENTRAL = ("this account is under Security Hub central configuration: only the d
 StandardId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+/v/[0-9.]+$")]
 ControlId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+\.[0-9]+$")]
 VERB = {"ENABLED": "enable", "DISABLED": "disable"}
+RESTORED = "restored by orgrunner undo"  # Security Hub requires a reason to disable
 
 
 class ControlState(BaseModel):
@@ -108,6 +114,18 @@ def _centrally_managed(hub: Any, account_id: str) -> bool:
     return policy.get("ConfigurationPolicyId") != "SELF_MANAGED_SECURITY_HUB"
 
 
+def _hub(ctx: TaskContext) -> Any:
+    """The Security Hub client; the target is skipped where Security Hub is not enabled."""
+    hub = ctx.client("securityhub")
+    try:
+        call(hub, "describe_hub")
+    except ClientError as exc:
+        if error_code(exc) == "InvalidAccessException":  # "... is not subscribed to AWS Security Hub"
+            raise Skip("Security Hub is not enabled in this region") from None
+        raise
+    return hub
+
+
 @register
 class SecurityHubControls(Task):
     name = "securityhub-controls"
@@ -118,18 +136,13 @@ class SecurityHubControls(Task):
                     "securityhub:BatchGetStandardsControlAssociations",
                     "securityhub:DescribeOrganizationConfiguration", "securityhub:GetConfigurationPolicyAssociation")
     apply_actions = ("securityhub:BatchUpdateStandardsControlAssociations",)
+    undo_actions = ("securityhub:BatchUpdateStandardsControlAssociations",)
     config_file = "securityhub-controls.yaml"
     Config = SecurityHubControlsConfig
 
     def plan(self, ctx: TaskContext) -> list[Change]:
         assert isinstance(self.config, SecurityHubControlsConfig)
-        hub = ctx.client("securityhub")
-        try:
-            call(hub, "describe_hub")
-        except ClientError as exc:
-            if error_code(exc) == "InvalidAccessException":  # "... is not subscribed to AWS Security Hub"
-                raise Skip("Security Hub is not enabled in this region") from None
-            raise
+        hub = _hub(ctx)
         enabled = {_standard_id(s["StandardsArn"]): s["StandardsArn"]
                    for s in paginate(hub, "get_enabled_standards", "StandardsSubscriptions")
                    if s["StandardsStatus"] != "DELETING"}
@@ -155,6 +168,31 @@ class SecurityHubControls(Task):
             ))
         if changes and _centrally_managed(hub, ctx.account_id):
             raise TargetError(f"{len(changes)} control(s) differ, but {CENTRAL}")
+        return changes
+
+    def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
+        hub = _hub(ctx)
+        keys = [(c.before["StandardsArn"], c.before["SecurityControlId"]) for c in applied]
+        live, changes = _associations(hub, keys), []
+        for done, key in zip(applied, keys, strict=True):
+            now = _update(*key, live[key]["AssociationStatus"], live[key].get("UpdatedReason"))
+            fields = [k for k in ("AssociationStatus", "UpdatedReason") if k in done.after]  # what the run set
+            as_run = replace(done, before={k: done.before.get(k) for k in fields},
+                             after={k: done.after[k] for k in fields})
+            if not ctx.restorable(as_run, {k: now.get(k) for k in fields},
+                                  f"{done.resource} ({now['AssociationStatus']} now)"):
+                continue
+            old = done.before | ({"UpdatedReason": RESTORED} if done.before["AssociationStatus"] == "DISABLED"
+                                 and not done.before.get("UpdatedReason") else {})
+            changes.append(ctx.change(
+                resource=done.resource, action="restore-control",
+                summary=f"{done.resource}: {VERB[old['AssociationStatus']]} again, as before the run",
+                details=[f"{k}: {now.get(k, '(none)')} -> {old[k]}" for k in ("AssociationStatus", "UpdatedReason")
+                         if k in old and now.get(k) != old[k]],
+                before=now, after=old,
+            ))
+        if changes and _centrally_managed(hub, ctx.account_id):
+            raise TargetError(f"{len(changes)} control(s) to restore, but {CENTRAL}")
         return changes
 
     def apply(self, ctx: ApplyContext, change: Change) -> str:
