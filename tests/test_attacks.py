@@ -1047,6 +1047,50 @@ def test_a_dry_run_is_not_blocked_by_an_armed_run_waiting_at_its_prompt(
     assert {r["account"] for r in revokes_since(emulator, 0)} == {account}
 
 
+BUG = "ORGRUNNER_TEST_BUG_AT"  # the one test-only switch that puts a bug (RuntimeError) in the parent
+
+
+@pytest.mark.parametrize("point, armed", [("after-plan", False), ("after-plan", True), ("after-confirm", True)])
+def test_an_unexpected_exception_is_an_error_exit_70_never_interrupted_and_nothing_is_written(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, point: str, armed: bool) -> None:
+    """Attack: a fault nothing else catches (a bug) after planning, or after the confirmation just
+    before apply. Must hold: one line (no traceback), exit 70, the run recorded as `error` (not
+    `interrupted`, which would tell an operator the run was stopped on purpose), nothing written."""
+    account = org.accounts["dev-app-1"]
+    mark = len(emulator.requests())
+    args = ("--arm", "--confirm-accounts", account) if armed else ()
+    result = check(cli.run("run", SG_TASK, "--account", account, "--region", "us-east-1", *args,
+                           env=cli.env(**{BUG: point})), 70)
+    line = refusal(result)
+    assert line.startswith("orgrunner: internal error: RuntimeError: injected bug at " + point), line
+    assert run_end(cli)["status"].startswith("error: RuntimeError: injected bug"), run_end(cli)
+    assert writes_since(emulator, mark) == []
+    check(cli.run("run", SG_TASK, "--account", account, env=cli.env(**{BUG: "after-planning"})), 2)
+
+
+def test_an_account_whose_describe_regions_fails_leaves_the_window_and_its_credentials_go(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg) -> None:
+    """Attack: DescribeRegions refused in two of three accounts, one account at a time
+    (`--concurrency 1`). Must hold: those accounts fail with AWS's reason and leave the window the
+    way every account does when its work is done, their credentials forgotten (one step: the
+    engine's `done_account`); were one kept, the accounts after it would never start and the run
+    would hang, whatever order they are taken in. The third account is planned; exit 1."""
+    refused = [org.accounts["dev-app-1"], org.accounts["prod-app-1"]]
+    fine = org.accounts["dev-app-2"]
+    for account in refused:
+        emulator.add_rule(operation="DescribeRegions", account=account, code="UnauthorizedOperation",
+                          message="You are not authorized to perform this operation.", status=403)
+    report = cli.home / "report.jsonl"
+    result = check(cli.run("run", SG_TASK, *(a for account in [*refused, fine] for a in ("--account", account)),
+                           "--concurrency", "1", "--report", str(report), timeout=120), 1)
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    for account in refused:
+        failed = [r for r in lines if r["account"] == account]
+        assert [r["status"] for r in failed] == ["failed"] and "UnauthorizedOperation" in failed[0]["error"], failed
+    assert {r["status"] for r in lines if r["account"] == fine} == {"ok"}
+    assert "Traceback" not in result.stderr
+
+
 # =================================================================================================
 # 5. An interrupt between planning and apply always ends the run (issue #16, w16)
 # =================================================================================================

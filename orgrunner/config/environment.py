@@ -33,6 +33,11 @@ class Environment:
     # Test-only switches, inert unless set, refused when malformed (a typo must not turn one on):
     unfenced_workers: bool = False  # ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS: task workers without fences
     fail_record_write: tuple[int, bool] | None = None  # ORGRUNNER_TEST_FAIL_RECORD_WRITE=N[+]: the Nth write fails
+    bug_at: str | None = None  # ORGRUNNER_TEST_BUG_AT=POINT: a bug (RuntimeError) in the parent at that point
+
+# Where ORGRUNNER_TEST_BUG_AT can put a bug: a fault nothing else catches must end the run as an
+# `error` (exit 70), never as `interrupted` and never with a write after it.
+BUG_POINTS = ("after-plan", "after-confirm")
 
 
 def _integer(name: str, default: int, low: int, high: int) -> int:
@@ -82,6 +87,15 @@ def _path(name: str) -> str | None:
     return raw
 
 
+def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.strip() not in allowed:
+        raise InputError(f"{name}={raw!r}: expected one of {', '.join(allowed)}")
+    return raw.strip()
+
+
 def _nth_write(name: str) -> tuple[int, bool] | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -106,7 +120,14 @@ def current() -> Environment:
         emulator=_flag("ORGRUNNER_EMULATOR"),
         unfenced_workers=_flag("ORGRUNNER_TEST_ONLY_UNFENCED_WORKERS"),
         fail_record_write=_nth_write("ORGRUNNER_TEST_FAIL_RECORD_WRITE"),
+        bug_at=_choice("ORGRUNNER_TEST_BUG_AT", BUG_POINTS),
     )
+
+
+def injected_bug(point: str) -> None:
+    """Raise the bug ORGRUNNER_TEST_BUG_AT puts at `point`, if it names it (inert unless set)."""
+    if current().bug_at == point:
+        raise RuntimeError(f"injected bug at {point} (ORGRUNNER_TEST_BUG_AT)")
 
 
 def debug_requested() -> bool:

@@ -18,6 +18,7 @@ from typing import Literal
 from orgrunner import aws
 from orgrunner.cli.escape import visible
 from orgrunner.cli.present import Details, PlanView
+from orgrunner.config import environment
 from orgrunner.config.settings import Settings, state_dir
 from orgrunner.engine import interrupt
 from orgrunner.engine.accounts import Selection, Selectors
@@ -203,6 +204,7 @@ class Pipeline:
     def _plan_confirm_apply(self) -> int:
         keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
         plan, planned_ok = self._plan(keep)
+        environment.injected_bug("after-plan")
         interrupt.check()  # from here to the start of apply an interrupt is never lost (orgrunner.engine.interrupt)
         reporter = self.reporter
         markdown = self.options.output_format == "markdown"
@@ -230,6 +232,7 @@ class Pipeline:
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
         with self.lock.applying():  # dry runs of this task wait while changes are applied
             interrupt.check()  # the last instant before apply starts
+            environment.injected_bug("after-confirm")
             with reporter.progress("apply", sum(1 for c in plan.values() if c)):
                 self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
                               reporter.result)
