@@ -118,8 +118,9 @@ class Task:
 
     def plan_undo(self, ctx: TaskContext, applied: list[Change]) -> list[Change]:
         """Changes that reverse `applied` (this target's changes from a run's journal); reads only.
-        What has changed again since is left alone, with a `ctx.note` saying so. `apply` then
-        performs the returned changes like any other."""
+        What has changed again since is left alone, with a `ctx.note` saying so (`ctx.restorable`).
+        `apply` then performs the returned changes like any other. An undo works from the journal
+        alone: `self.config` is None, whatever the config file says today."""
         raise NotImplementedError(f"task {self.name!r} does not support undo")
 
 
