@@ -480,7 +480,7 @@ def test_a_bad_environment_variable_is_one_line_and_exit_2_before_any_aws_call(
 
 @pytest.mark.parametrize(("value", "on"), [("0", False), ("", False), ("false", False), ("1", True), ("yes", True)])
 def test_orgrunner_debug_0_means_off(cli: Cli, value: str, on: bool) -> None:
-    probe = "from orgrunner import environment; print(environment.current().debug)"
+    probe = "from orgrunner.config import environment; print(environment.current().debug)"
     result = subprocess.run([str(Path(orgrunner_command()).parent / "python"), "-c", probe], capture_output=True,
                             text=True, env=cli.env(ORGRUNNER_DEBUG=value), timeout=60)
     assert result.stdout.strip() == str(on), result.stderr
