@@ -7,7 +7,9 @@ lacks the Security Hub controls API; here:
 
 - AssumeRole succeeds only into a role that exists in the account and trusts the caller, and
   Organizations' CreateAccount creates `OrganizationAccountAccessRole` in the new member (trusting
-  the management account), as Organizations does;
+  the management account), as Organizations does; like AWS, which refuses AssumeRole into that
+  role with AccessDenied for a while after CreateAccount (it propagates), the emulator refuses it
+  for `StrictState.role_propagation_seconds` after the account was created (0, the default: never);
 - session policies are enforced, with the dependent actions AWS requires of each action
   (orgrunner/safety/iamdata.py: the same table the guard uses);
 - DescribeRegions answers for the caller's partition only: default regions enabled, opt-in
@@ -33,6 +35,7 @@ import io
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -630,6 +633,18 @@ class StrictState:
     enforce_session_policies: bool = True
     securityhub: SecurityHub = field(default_factory=SecurityHub)
     ebs_default_keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (account, region) -> key ARN
+    # AWS propagates a new account's OrganizationAccountAccessRole for a while: AssumeRole into it is
+    # refused (AccessDenied) until this many seconds after CreateAccount (account -> time.monotonic()
+    # from which its role can be assumed)
+    role_propagation_seconds: float = 0.0
+    role_ready_at: dict[str, float] = field(default_factory=dict)
+
+    def set_role_propagation(self, seconds: float) -> None:
+        """The propagation delay of accounts created from now on; a role still propagating is
+        ready within `seconds` from now at the latest (0: every role is ready now)."""
+        now = time.monotonic()
+        self.role_propagation_seconds = seconds
+        self.role_ready_at = {a: min(t, now + seconds) for a, t in self.role_ready_at.items()}
 
 
 class StrictAws:
@@ -745,9 +760,13 @@ class StrictAws:
                   f"{role_arn}", 403)
         if len(parts) < 6 or not parts[5].startswith("role/"):
             return denied
-        trust = _role_trust_policy(parts[4], parts[1], parts[5].rpartition("/")[2])
+        role_name = parts[5].rpartition("/")[2]
+        trust = _role_trust_policy(parts[4], parts[1], role_name)
         if trust is None or not _trust_allows(trust, caller_arn, caller_account):
             return denied
+        ready_at = self.state.role_ready_at.get(parts[4])
+        if role_name == MANAGEMENT_ROLE and ready_at is not None and time.monotonic() < ready_at:
+            return denied  # as AWS answers while the new account's role propagates
         return None
 
     def _emulate(self, request: AwsRequest, session: Session | None,
@@ -802,6 +821,8 @@ class StrictAws:
                 _, management = self.caller(session, request.region)
                 if account_id:
                     create_access_role(account_id, partition_of_region(request.region), management)
+                    with self.lock:
+                        self.state.role_ready_at[account_id] = time.monotonic() + self.state.role_propagation_seconds
             result = [payload]
         self._after(request, session, status[0])
         return result

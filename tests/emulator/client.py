@@ -109,6 +109,12 @@ class EmulatorClient:
         """Let moto answer DescribeRegions: every partition's regions, as a lenient endpoint might."""
         self._call("POST", "moto-describe-regions", {"enabled": on})
 
+    def role_propagation(self, seconds: float) -> None:
+        """From now on, refuse AssumeRole into OrganizationAccountAccessRole (AccessDenied) of an
+        account for `seconds` after it is created, as AWS does while it propagates a new account's
+        role; a role still propagating is ready within `seconds` (0: every role is ready now)."""
+        self._call("POST", "role-propagation", {"seconds": seconds})
+
     def enforce_session_policies(self, on: bool) -> None:
         self._call("POST", "enforce-session-policies", {"enabled": on})
 

@@ -114,8 +114,8 @@ class EmulatorMiddleware(StrictAws):
 
     def _control(self, environ: dict[str, Any], body: bytes, start_response: Callable[..., Any]) -> list[bytes]:
         """GET requests; POST/DELETE rules; POST latency {"ms"}, enforce-session-policies
-        {"enabled"}, moto-describe-regions {"enabled"}, securityhub-central {"administrator", "region",
-        "associations": {account: policy id or SELF_MANAGED_SECURITY_HUB}}, reset."""
+        {"enabled"}, moto-describe-regions {"enabled"}, role-propagation {"seconds"}, securityhub-central
+        {"administrator", "region", "associations": {account: policy id or SELF_MANAGED_SECURITY_HUB}}, reset."""
         route = (environ["REQUEST_METHOD"], environ["PATH_INFO"].removeprefix("/_emulator/").rstrip("/"))
         data = json.loads(body) if body else {}
         answer: Any
@@ -140,6 +140,8 @@ class EmulatorMiddleware(StrictAws):
                 state.latency_ms = float(data["ms"])
             elif route == ("POST", "moto-describe-regions"):
                 state.moto_describe_regions = bool(data["enabled"])
+            elif route == ("POST", "role-propagation"):
+                state.set_role_propagation(float(data["seconds"]))
             elif route == ("POST", "enforce-session-policies"):
                 state.enforce_session_policies = bool(data["enabled"])
             elif route == ("POST", "securityhub-central"):
