@@ -13,6 +13,7 @@ file, so memory does not grow with the number of changes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -43,6 +44,9 @@ class PlanView:
     def __init__(self, task_destructive: bool, details: Details = "risky") -> None:
         self.task_destructive = task_destructive
         self.details = details
+        # a baseline adds every task's changes to one view: the task being planned, named on each
+        # of its kinds of change and on each of its changes listed (set with `task_destructive`)
+        self.label = ""
         self.accounts: dict[str, Counts] = {}
         self.kinds: dict[str, Counts] = {}
         self._spool: IO[str] | None = None
@@ -60,7 +64,8 @@ class PlanView:
         account = self._account(target)
         for change in changes:
             risky = self.needs_a_look(change)
-            kind = self.kinds.setdefault(change.action, Counts(change.action))
+            action = f"{self.label}: {change.action}" if self.label else change.action
+            kind = self.kinds.setdefault(action, Counts(action))
             for counts in (account, kind):
                 counts.changes += 1
                 counts.destructive += change.destructive
@@ -74,6 +79,8 @@ class PlanView:
     def _keep(self, target: Target, change: Change, risky: bool) -> None:
         if self._spool is None:
             self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if self.label:
+            change = dataclasses.replace(change, summary=f"{self.label}: {change.summary}")
         offset = self._spool.seek(0, 2)
         self._spool.write(json.dumps({"name": target.account_name, "change": change.to_dict()}, default=str) + "\n")
         self._index.append((not risky, target.account_id, target.region, len(self._index), offset))
@@ -132,9 +139,10 @@ class PlanView:
         if len(rows) > MAX_SUMMARY_ACCOUNTS:
             lines.append(f"  ... and {len(rows) - MAX_SUMMARY_ACCOUNTS} more account(s) (--format markdown lists all)")
         if self.kinds:
-            lines.append(f"  {'kind of change':<38} {'changes':>8} {'destructive':>12} {'need a look':>12}")
+            width = max(38, *(len(visible(kind)) for kind in self.kinds))  # a baseline's kinds carry their task
+            lines.append(f"  {'kind of change':<{width}} {'changes':>8} {'destructive':>12} {'need a look':>12}")
             for kind, c in sorted(self.kinds.items()):
-                lines.append(f"  {visible(kind):<38} {c.changes:>8} {c.destructive:>12} {c.risky:>12}")
+                lines.append(f"  {visible(kind):<{width}} {c.changes:>8} {c.destructive:>12} {c.risky:>12}")
         return lines
 
     def detail_lines(self) -> Iterator[str]:

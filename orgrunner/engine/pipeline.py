@@ -1,7 +1,9 @@
 """One run of a task from start to end: records, lock, plan, confirmation, apply.
 
 `run`, `apply PLAN` and `undo RUN_ID` are all this pipeline with different inputs: what to plan,
-and (for `apply`) the saved plan the live one must equal.
+and (for `apply`) the saved plan the live one must equal. A baseline (orgrunner.engine.series)
+drives one pipeline per task through the same steps, one at a time: `open`, `plan`,
+`apply_confirmed` (after its one confirmation covering every task), `end`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,6 +98,35 @@ class RunOptions:
     survey: tuple[tuple[TaskSpec, Workers], ...] = ()  # each task's declaration and its workers
     observe: Callable[[TaskSpec, TargetResult], None] | None = None
     follow_symlinks: bool = False  # --follow-symlinks: output paths may be symbolic links
+    # a baseline's task: the baseline id on every audit event of the run, and the one plan view
+    # every task of the baseline adds its changes to
+    baseline_id: str | None = None
+    view: PlanView | None = None
+
+
+def audit_log(settings: Settings, run_id: str, follow_symlinks: bool,
+              context: dict[str, str] | None = None) -> AuditLog:
+    """The audit log of one run (or of a baseline): --audit-log or the settings' file, else the
+    state folder's audit.jsonl. `context` fields go on every event it writes."""
+    if settings.audit_log is not None:
+        return AuditLog(settings.audit_log, run_id, follow_symlinks=follow_symlinks, context=context)
+    state = state_dir()
+    return AuditLog(state / "audit.jsonl", run_id, state=StateFolder(state), context=context)
+
+
+def outcome_of(exc: BaseException, *stops: threading.Event) -> tuple[str, int, BaseException | None]:
+    """How a run (or a baseline) ends when `exc` ended it: its status, its exit code, and the error
+    to raise once its end is recorded (None: an interrupt, said here on stderr)."""
+    if isinstance(exc, KeyboardInterrupt):
+        for stop in stops:
+            stop.set()
+        err("interrupted: no new targets started; results so far are in the report, audit log and journal")
+        return "interrupted", EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED, None
+    if isinstance(exc, OrgrunnerError):
+        return (f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"), exc.exit_code, exc
+    for stop in stops:  # a bug, or a fault nothing else caught: an error, never "interrupted"
+        stop.set()
+    return f"error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, exc
 
 
 class Pipeline:
@@ -122,19 +154,36 @@ class Pipeline:
 
     def execute(self) -> int:
         """Run; return the exit code. Safety refusals and input errors are raised."""
+        self.open()
+        status, code = "interrupted", EXIT_INTERRUPTED
+        raised: BaseException | None = None
+        try:
+            code = self._survey() if self.options.survey else self._plan_confirm_apply()
+            if self.reporter.report_error and code == EXIT_OK:
+                code = EXIT_TARGETS_FAILED
+            status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
+        except (KeyboardInterrupt, Exception) as exc:
+            status, code, raised = outcome_of(exc, self.stop)
+        code = self.end(status, code)
+        if raised is not None:
+            raise raised
+        return code
+
+    def open(self) -> None:
+        """Take the run's lock (a writer's when armed), open its records and write `run-start`."""
         state = state_dir()
         lock = self.lock = RunLock(state, self.selection.organization_id or "no-org",
                                    self.options.lock_name or self.cls.name, self.options.wait_for_lock,
                                    writer=self.options.arm)
-        with lock:
+        lock.__enter__()
+        try:
             follow = self.options.follow_symlinks
-            if self.settings.audit_log is not None:
-                audit = AuditLog(self.settings.audit_log, self.run_id, follow_symlinks=follow)
-            else:
-                audit = AuditLog(state / "audit.jsonl", self.run_id, state=StateFolder(state))
+            baseline = {"baseline_id": self.options.baseline_id} if self.options.baseline_id else None
+            audit = self.audit = audit_log(self.settings, self.run_id, follow, baseline)
             out = sys.stdout if self.options.output_format == "text" else sys.stderr
-            view = PlanView(task_destructive=self.cls.destructive, details=self.options.details)
-            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow, view)
+            view = self.options.view or PlanView(task_destructive=self.cls.destructive, details=self.options.details)
+            self.reporter = Reporter(self.cls.name, self.run_id, out, audit, self.options.report, follow, view,
+                                     owns_view=self.options.view is None)
             self.journal = Journal(state, self.run_id, self.cls.name, self.cls.version)
             audit.event("run-start", task=self.cls.name, command=self.options.command, mode=self.mode,
                         operator=self.caller.arn, account=self.caller.account_id, credentials=self.caller.kind,
@@ -142,30 +191,19 @@ class Pipeline:
                         role_session_name=self.session_name, source_identity=self.source_identity,
                         targets=[a.id for a in self.selection.targets], fences=self.workers.fences_line(),
                         **({"plan_digest": self.options.expected.digest} if self.options.expected else {}))
-            err(f"fences: {self.workers.fences_line()}")
-            err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
-                f"role {self.settings.role_name}")
-            status, code = "interrupted", EXIT_INTERRUPTED
-            raised: BaseException | None = None
-            try:
-                code = self._survey() if self.options.survey else self._plan_confirm_apply()
-                if self.reporter.report_error and code == EXIT_OK:
-                    code = EXIT_TARGETS_FAILED
-                status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
-            except KeyboardInterrupt as exc:
-                self.stop.set()
-                code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-                err("interrupted: no new targets started; results so far are in the report, audit log and journal")
-            except OrgrunnerError as exc:
-                status = f"refused: {exc}" if isinstance(exc, SafetyRefusal) else f"error: {exc}"
-                code, raised = exc.exit_code, exc
-            except Exception as exc:  # a bug, or a fault nothing else caught: an error, never "interrupted"
-                self.stop.set()
-                status, code, raised = f"error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, exc
-            code = self._end(audit, status, code)
-            if raised is not None:
-                raise raised
-            return code
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        err(f"fences: {self.workers.fences_line()}")
+        err(f"run {self.run_id}: {self.cls.name} ({self.mode}) over {len(self.selection.targets)} account(s), "
+            f"role {self.settings.role_name}")
+
+    def end(self, status: str, code: int) -> int:
+        """Record the run's end, close its records and release its lock; return the exit code."""
+        try:
+            return self._end(self.audit, status, code)
+        finally:
+            self.lock.__exit__(None, None, None)
 
     def _end(self, audit: AuditLog, status: str, code: int) -> int:
         """Record the run's end, print the JSON summary, close the records; return the exit code,
@@ -229,6 +267,18 @@ class Pipeline:
             self._markdown([])
         armed = self._confirm(plan)
         interrupt.check()
+        self.apply_confirmed(plan, armed)
+        for line in self.final_lines(applied=True):
+            reporter.echo(line)
+        return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
+
+    def plan(self, keep: bool) -> dict[Target, list[Change]]:
+        """The plan phase alone (a baseline's task): the changes, kept when `keep`."""
+        return self._plan(keep)[0]
+
+    def apply_confirmed(self, plan: dict[Target, list[Change]], armed: Armed) -> None:
+        """Apply exactly the planned changes of the accounts `armed` covers (made by the confirmation)."""
+        reporter = self.reporter
         reporter.audit.event("confirmed", task=self.cls.name, accounts=sorted(armed.accounts))
         with self.lock.applying():  # dry runs of this task wait while changes are applied
             interrupt.check()  # the last instant before apply starts
@@ -237,9 +287,6 @@ class Pipeline:
                 self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
                               reporter.result)
         reporter.echo(reporter.apply_summary())
-        for line in self.final_lines(applied=True):
-            reporter.echo(line)
-        return EXIT_TARGETS_FAILED if plan_failed or reporter.tallies["apply"].failed else EXIT_OK
 
     def _survey(self) -> int:
         """`orgrunner report`: each task's plan phase in turn, through the same planning path as a
@@ -402,7 +449,7 @@ class Pipeline:
         accounts = {t.account_id for t, changes in plan.items() if changes}
         interactive = sys.stdin.isatty()
         protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
-        confirm_protected(protected, _ask if interactive else None, stated.protected)
+        confirm_protected(protected, ask if interactive else None, stated.protected)
         if stated.accounts is not None:
             return confirm_listed(name, accounts, {a.id for a in self.selection.targets}, stated.accounts)
         saved = self.options.expected
@@ -428,10 +475,10 @@ class Pipeline:
             self.reporter.audit.event("confirmation-attempt", task=name, attempt=number, matched=problem is None,
                                       problem=problem)
 
-        return confirm_interactive(name, accounts, _ask, tell=err, on_attempt=attempt)
+        return confirm_interactive(name, accounts, ask, tell=err, on_attempt=attempt)
 
 
-def _ask(prompt: str) -> str:
+def ask(prompt: str) -> str:
     """Ask at the terminal; an interrupt before or while waiting ends the wait (raised)."""
     interrupt.check()
     print(visible(prompt), end="", file=sys.stderr, flush=True)

@@ -135,11 +135,14 @@ class _SafeHandler(ConcurrentRotatingFileHandler):
 
 class AuditLog:
     def __init__(self, path: Path, run_id: str, max_bytes: int = 20 * 1024 * 1024, backups: int = 10,
-                 *, state: StateFolder | None = None, follow_symlinks: bool = False) -> None:
+                 *, state: StateFolder | None = None, follow_symlinks: bool = False,
+                 context: dict[str, str] | None = None) -> None:
         """`state`: the state folder, when the log is its audit.jsonl (state-file rules); otherwise
-        `path` came from --audit-log or the settings (output-path rules, `--follow-symlinks`)."""
+        `path` came from --audit-log or the settings (output-path rules, `--follow-symlinks`).
+        `context`: fields on every event (a baseline's task: the baseline id)."""
         self.path = path
         self.run_id = run_id
+        self.context = dict(context or {})
         try:
             if state is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,7 @@ class AuditLog:
     def event(self, event: str, **fields: Any) -> None:
         """One line; it carries the hash of this run's line before it (orgrunner.records.evidence). Raises
         RecordError if it could not be written (never silently)."""
-        record = {"ts": now(), "run_id": self.run_id, "event": event, **fields}
+        record = {"ts": now(), "run_id": self.run_id, "event": event, **self.context, **fields}
         with self._lock:
             line = self._chain.line(record, _line)
             self._handler.failure = None

@@ -57,12 +57,15 @@ def summarize(t: Tally) -> dict[str, object]:
 
 class Reporter:
     def __init__(self, task: str, run_id: str, out: IO[str], audit: AuditLog, report_path: Path | None,
-                 follow_symlinks: bool = False, view: PlanView | None = None) -> None:
+                 follow_symlinks: bool = False, view: PlanView | None = None, owns_view: bool = True) -> None:
+        """`owns_view`: False when the view is shared (a baseline's tasks add to one), so closing this
+        reporter leaves it open."""
         self.task = task
         self.run_id = run_id
         self.out = out
         self.audit = audit
         self.view = view or PlanView(task_destructive=True)
+        self._owns_view = owns_view
         self.tallies: dict[str, Tally] = {"plan": Tally(), "apply": Tally()}
         self._report: IO[str] | None = None
         self.failed_targets: list[dict[str, str | None]] = []
@@ -212,7 +215,8 @@ class Reporter:
                 f"{t.failed} target(s) failed{self._retries()}.")
 
     def close(self) -> None:
-        self.view.close()
+        if self._owns_view:
+            self.view.close()
         if self._report is not None:
             report, self._report = self._report, None
             try:

@@ -159,6 +159,16 @@ def confirm_unguarded(task: str, accounts: set[str]) -> Armed:
     return Armed(_KEY, task, accounts)
 
 
+def share_of(armed: Armed, task: str, accounts: Iterable[str]) -> Armed:
+    """One task's share of a confirmation that covered several tasks (a baseline's): the accounts
+    this task changes, every one of them confirmed; never one more."""
+    wanted = frozenset(accounts)
+    if not wanted <= armed.accounts:
+        raise SafetyRefusal(f"{task}: {len(wanted - armed.accounts)} account(s) with planned changes were not "
+                            "confirmed; nothing applied")
+    return Armed(_KEY, task, wanted)
+
+
 def relayed(task: str, accounts: Iterable[str]) -> Armed:
     """In a worker process: the parent's confirmation, relayed with the apply work it hands over.
     The worker holds no other way to write: the parent sends apply-phase credentials only for the
