@@ -21,8 +21,8 @@ from tests.emulator.client import EmulatorClient
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [("whoami",), ("accounts",), ("tasks",), ("policy",), ("describe",), ("run",), ("apply",), ("undo",),
-            ("doctor",), ("sandbox", "serve"), ("runs",), ("runs", "show"), ("ous",)]
-RUNS = {("run",), ("apply",), ("undo",)}
+            ("doctor",), ("sandbox", "serve"), ("runs",), ("runs", "show"), ("ous",), ("baseline",)]
+RUNS = {("run",), ("apply",), ("undo",), ("baseline",)}
 
 
 def test_version_alone_and_python_dash_m(cli: Cli, emulator: EmulatorClient) -> None:

@@ -989,20 +989,23 @@ def _audit_path(audit_log: Path | None, config: Path | None) -> Path:
 
 
 @runs_app.callback(invoke_without_command=True,
-                   epilog=epilog(LOCAL_EXITS, "orgrunner runs", "orgrunner runs --limit 50 --format json",
-                                 "orgrunner runs show 20261129T190242Z-d25652"))
+                   epilog=epilog(LOCAL_EXITS, "orgrunner runs --limit 50 --format json",
+                                 "orgrunner runs show 20261129T190242Z-d25652",
+                                 "orgrunner runs --baseline 20261202T104500Z-a1b2c3   # the tasks of one baseline"))
 def runs_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="How many runs, newest first.")] = 20,
+    baseline_id: Annotated[str | None, typer.Option("--baseline", metavar="BASELINE_ID",
+                                                    help="Only the runs (tasks) of this baseline.")] = None,
     output: RunsFormatOpt = "text",
     audit_log: AuditOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Recent runs from the audit log: id, when, operator, task, mode, accounts changed, outcome,
-    and whether `orgrunner undo` can reverse it."""
+    whether `orgrunner undo` can reverse it, and the baseline it is a task of."""
     if ctx.invoked_subcommand is not None:
         return
-    found = runs_module.recent(_audit_path(audit_log, config), state_dir(), limit)
+    found = runs_module.recent(_audit_path(audit_log, config), state_dir(), limit, baseline_id)
     if output == "json":
         print(json.dumps([r.to_dict() for r in found], indent=2))
         return
@@ -1014,7 +1017,7 @@ def runs_list(
     for r in found:
         print(visible(f"{r.run_id:<24} {r.started[:19].replace('T', ' '):<20} {r.task:<28} {r.mode:<8} "
                       f"{len(r.accounts_changed):>7}  {'yes' if r.undoable else '-':<4}  {r.status[:16]:<16} "
-                      f"{r.operator}"))
+                      f"{r.operator}" + (f"  baseline {r.baseline_id}" if r.baseline_id else "")))
     print("(changed: accounts with applied changes; `orgrunner runs show RUN_ID` lists them)")
 
 
@@ -1037,7 +1040,7 @@ def runs_show(
         return
     if run is not None:
         print(visible(f"run {run.run_id}: {run.task} ({run.mode}) started {run.started} by {run.operator}; "
-                      f"{run.status}"))
+                      f"{run.status}" + (f"; a task of baseline {run.baseline_id}" if run.baseline_id else "")))
     for e in entries:
         note = f": {e.error}" if e.error else ""
         print(visible(f"{e.account} {e.region:<15} {e.status:<12} {e.summary}{note}"))
@@ -1095,3 +1098,6 @@ def main() -> None:
             raise
         err(f"orgrunner: internal error: {type(exc).__name__}: {exc} (ORGRUNNER_DEBUG=1 shows the traceback)")
         sys.exit(70)
+
+
+from orgrunner.cli import baseline as _baseline  # noqa: E402, F401  (registers `orgrunner baseline` on `app`)

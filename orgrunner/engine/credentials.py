@@ -7,8 +7,11 @@ naming the operator, so CloudTrail in the member account shows who ran what.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +21,7 @@ import botocore.credentials
 from botocore.exceptions import ClientError
 
 from orgrunner import aws
-from orgrunner.errors import SafetyRefusal, TargetError
+from orgrunner.errors import OrgrunnerError, SafetyRefusal, TargetError
 from orgrunner.records.audit import forget_secret, register_secret
 
 SESSION_NAME_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
@@ -54,14 +57,26 @@ class _RoleCredentials(botocore.credentials.RefreshableCredentials):
         super().__init__(**kwargs)
 
 
+class RoleNotAssumable(TargetError):
+    """AssumeRole was refused; `code` is AWS's error code (AccessDenied...)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RolesNotReady(OrgrunnerError):
+    """The role did not become assumable in some accounts within the wait (exit 1)."""
+
+
 def assume(sts: Any, params: dict[str, Any]) -> dict[str, Any]:
     """One AssumeRole call; credentials as botocore's refreshable metadata. Errors name the role."""
     try:
         creds = aws.call(sts, "assume_role", **params)["Credentials"]
     except ClientError as exc:
-        raise TargetError(
-            f"cannot assume {params['RoleArn']}: {aws.error_code(exc)}: "
-            f"{exc.response.get('Error', {}).get('Message', '')}"
+        code = aws.error_code(exc)
+        raise RoleNotAssumable(
+            f"cannot assume {params['RoleArn']}: {code}: {exc.response.get('Error', {}).get('Message', '')}", code
         ) from None
     register_secret(creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
     expiry = creds["Expiration"]
@@ -196,3 +211,60 @@ class RoleAssumer:
             self._locks.pop(account_id, None)
             issued = self._issued.pop(account_id, [])
         forget_secret(*issued)
+
+
+# Deny everything: the session that proves a role can be assumed can do nothing with it.
+PROBE_POLICY = json.dumps({"Version": "2012-10-17",
+                           "Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}, separators=(",", ":"))
+FIRST_PAUSE_SECONDS = 1.0
+MAX_PAUSE_SECONDS = 15.0
+STILL_WAITING_EVERY_SECONDS = 30.0
+
+
+def wait_until_assumable(base: aws.Session, request: RoleRequest, accounts: list[str], timeout: float,
+                         tell: Callable[[str], None]) -> None:
+    """Assume the role in each account until it works, for accounts just created: AWS makes a new
+    account's role assumable a while after CreateAccount and refuses AssumeRole with AccessDenied
+    meanwhile, so AccessDenied is retried (pauses doubling from 1 s to 15 s) until `timeout`
+    seconds have passed; any other error is not. The session asked for carries a deny-all
+    policy: it proves the role can be assumed, and can do nothing. Raises RolesNotReady (each
+    account and its last error said first) when some never became assumable."""
+    assumer = RoleAssumer(base, dataclasses.replace(request, policy=PROBE_POLICY))
+    role = request.role_name
+    tell(f"waiting for {role} in {len(accounts)} account(s): AWS makes a new account's role assumable a while "
+         f"after CreateAccount; AssumeRole is retried for up to {timeout:g} s")
+    start = said = time.monotonic()
+    deadline = start + timeout
+    waiting = list(accounts)
+    failed: dict[str, str] = {}
+    last: dict[str, str] = {}
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        for account_id in list(waiting):
+            try:
+                assumer.credentials(account_id)
+            except RoleNotAssumable as exc:
+                last[account_id] = str(exc)
+                if exc.code != "AccessDenied":  # not what propagation looks like: not retried
+                    failed[account_id] = str(exc)
+                    waiting.remove(account_id)
+                continue
+            assumer.forget(account_id)
+            waiting.remove(account_id)
+        now = time.monotonic()
+        if not waiting or now >= deadline:
+            break
+        if now - said >= STILL_WAITING_EVERY_SECONDS:
+            tell(f"still waiting for {role} in {len(waiting)} account(s) ({now - start:.0f} s)")
+            said = now
+        time.sleep(min(pause, deadline - now))
+        pause = min(pause * 2, MAX_PAUSE_SECONDS)
+    failed.update({a: last[a] for a in waiting})
+    tell(f"{role} assumable in {len(accounts) - len(failed)} of {len(accounts)} account(s) after "
+         f"{time.monotonic() - start:.0f} s")
+    if failed:
+        for account_id, why in sorted(failed.items()):
+            tell(f"  {account_id}: {why.split(': ', 1)[-1]}")
+        raise RolesNotReady(f"{role} could not be assumed in {len(failed)} account(s) within {timeout:g} s; if they "
+                            "were just created, AWS may still be propagating it: run again later, or with a longer "
+                            "--wait-for-role; nothing applied")

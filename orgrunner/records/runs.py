@@ -31,11 +31,13 @@ class RunRecord:
     failed: int = 0
     accounts_changed: set[str] = field(default_factory=set)
     undoable: bool = False
+    baseline_id: str | None = None  # the baseline this run is a task of (`orgrunner baseline`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "started": self.started, "operator": self.operator, "task": self.task,
                 "mode": self.mode, "command": self.command, "status": self.status, "applied": self.applied,
-                "failed": self.failed, "accounts_changed": sorted(self.accounts_changed), "undoable": self.undoable}
+                "failed": self.failed, "accounts_changed": sorted(self.accounts_changed), "undoable": self.undoable,
+                "baseline_id": self.baseline_id}
 
 
 def audit_files(path: Path) -> list[Path]:
@@ -60,8 +62,8 @@ def _records(paths: list[Path]) -> Iterator[dict[str, Any]]:
             raise InputError(f"audit log {path}: {exc.strerror or exc}") from None
 
 
-def recent(audit_log: Path, state: Path, limit: int = 20) -> list[RunRecord]:
-    """The last `limit` runs in the audit log, newest first."""
+def recent(audit_log: Path, state: Path, limit: int = 20, baseline_id: str | None = None) -> list[RunRecord]:
+    """The last `limit` runs in the audit log, newest first (only the tasks of `baseline_id`, when given)."""
     runs: dict[str, RunRecord] = {}
     for record in _records(audit_files(audit_log)):
         run = runs.get(record["run_id"])
@@ -70,7 +72,8 @@ def recent(audit_log: Path, state: Path, limit: int = 20) -> list[RunRecord]:
             run = runs[record["run_id"]] = RunRecord(
                 run_id=record["run_id"], started=str(record.get("ts", "")), operator=str(record.get("operator", "")),
                 task=str(record.get("task", "")), mode=str(record.get("mode", "")),
-                command=str(record.get("command", "")))
+                command=str(record.get("command", "")),
+                baseline_id=str(record["baseline_id"]) if record.get("baseline_id") else None)
         if run is None:
             continue
         if event == "run-end":
@@ -81,7 +84,8 @@ def recent(audit_log: Path, state: Path, limit: int = 20) -> list[RunRecord]:
                 run.accounts_changed.add(str(record.get("account", "")))
             elif record.get("status") == "failed":
                 run.failed += 1
-    newest = sorted(runs.values(), key=lambda r: (r.started, r.run_id), reverse=True)[:limit]
+    chosen = [r for r in runs.values() if baseline_id is None or r.baseline_id == baseline_id]
+    newest = sorted(chosen, key=lambda r: (r.started, r.run_id), reverse=True)[:limit]
     for run in newest:  # an undo is not itself undone (its journal's task is the reversal)
         run.undoable = (run.applied > 0 and not run.command.startswith("undo ")
                         and (journal_dir(state) / f"{run.run_id}.jsonl").is_file())
