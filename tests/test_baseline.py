@@ -335,3 +335,19 @@ def test_without_waiting_a_new_accounts_role_fails_its_plan_and_nothing_is_appli
 
 
 
+
+
+def test_a_fault_in_the_middle_ends_every_run_and_the_baseline_and_applies_nothing_more(
+        based: Cli, pair: list[str], emulator: EmulatorClient) -> None:
+    """Attack: a bug in the parent just before the first task applies (ORGRUNNER_TEST_BUG_AT). Must
+    hold: exit 70 in one line, every run of the baseline and the baseline itself recorded as ended
+    with the error (never left open, never `interrupted`), nothing written."""
+    mark = len(emulator.requests())
+    result = ok(based.run("baseline", "--arm", *chosen(pair), "--confirm-accounts", ",".join(pair),
+                          env=based.env(ORGRUNNER_TEST_BUG_AT="after-confirm")), 70)
+    assert result.stderr.strip().splitlines()[-1].startswith("orgrunner: internal error: RuntimeError: injected bug")
+    assert writes(new_requests(emulator, mark)) == []
+    _, runs = the_baseline(based)
+    ends = {e["run_id"]: e["status"] for e in events(based, "run-end")}
+    assert [ends[r["run_id"]][:len("error: RuntimeError")] for r in runs] == ["error: RuntimeError"] * 2
+    assert events(based, "baseline-end")[-1]["status"].startswith("error: RuntimeError")

@@ -114,7 +114,7 @@ def audit_log(settings: Settings, run_id: str, follow_symlinks: bool,
     return AuditLog(state / "audit.jsonl", run_id, state=StateFolder(state), context=context)
 
 
-def outcome_of(exc: BaseException, *stops: threading.Event) -> tuple[str, int, BaseException | None]:
+def ending(exc: BaseException, *stops: threading.Event) -> tuple[str, int, BaseException | None]:
     """How a run (or a baseline) ends when `exc` ended it: its status, its exit code, and the error
     to raise once its end is recorded (None: an interrupt, said here on stderr)."""
     if isinstance(exc, KeyboardInterrupt):
@@ -163,7 +163,7 @@ class Pipeline:
                 code = EXIT_TARGETS_FAILED
             status = {EXIT_OK: "ok", EXIT_CHANGES_PENDING: "changes pending"}.get(code, "failed")
         except (KeyboardInterrupt, Exception) as exc:
-            status, code, raised = outcome_of(exc, self.stop)
+            status, code, raised = ending(exc, self.stop)
         code = self.end(status, code)
         if raised is not None:
             raise raised

@@ -39,7 +39,7 @@ from orgrunner.engine import interrupt
 from orgrunner.engine.accounts import Selection, Selectors
 from orgrunner.engine.credentials import RoleRequest, session_name, source_identity, wait_until_assumable
 from orgrunner.engine.identity import Caller
-from orgrunner.engine.pipeline import Pipeline, RunOptions, ask, audit_log, err, new_run_id, outcome_of
+from orgrunner.engine.pipeline import Pipeline, RunOptions, ask, audit_log, ending, err, new_run_id
 from orgrunner.engine.workers import Workers
 from orgrunner.errors import EXIT_OK, EXIT_TARGETS_FAILED, SafetyRefusal
 from orgrunner.records.report import Tally, merged
@@ -116,7 +116,7 @@ class Baseline:
                 self._wait_for_roles()
             code, status = self._plan_confirm_apply()
         except (KeyboardInterrupt, Exception) as exc:
-            status, code, raised = outcome_of(exc, *(s.workers.stop for s in self.steps))
+            status, code, raised = ending(exc, *(s.workers.stop for s in self.steps))
             for step in self.steps:  # every run opened and not yet ended ends with the same cause
                 if step.run is not None and not step.ended:
                     step.end(status, code)
