@@ -14,8 +14,9 @@ import functools
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import botocore.credentials
 import botocore.exceptions
@@ -293,6 +294,31 @@ def call(client: Any, operation: str, **params: Any) -> dict[str, Any]:
     """Call one API operation, retrying throttling and transient errors with jittered backoff."""
     method: Callable[..., dict[str, Any]] = getattr(client, operation)
     return _retrying(environment.current().retry_attempts)(method, **params)
+
+
+T = TypeVar("T")
+
+
+class WaitTimeout(Exception):
+    """`poll` gave up: the operation had not settled within its time."""
+
+
+def poll(check: Callable[[], T | None], timeout: float, what: str, first: float = 1.0, longest: float = 15.0) -> T:
+    """Call `check` (which reads, e.g. DescribeCreateAccountStatus) until it returns a value, waiting
+    `first` seconds after the first try, then twice as long each time up to `longest`. Raises
+    WaitTimeout naming `what` after `timeout` seconds. An asynchronous AWS operation is followed
+    to its end here, never with a sleep loop in a task."""
+    deadline = time.monotonic() + timeout
+    wait = first
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"{what}: not settled after {timeout:g} s")
+        time.sleep(min(wait, left))
+        wait = min(wait * 2, longest)
 
 
 def paginate(client: Any, operation: str, key: str, **params: Any) -> list[Any]:

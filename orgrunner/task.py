@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from orgrunner.errors import TaskLoadError
 
 Phase = Literal["plan", "apply"]
+Scope = Literal["account", "organization"]
+SCOPES = ("account", "organization")
 GLOBAL_REGION = "global"
 TASK_NAME = re.compile(r"\A[a-z][a-z0-9-]{1,48}[a-z0-9]\Z")
 
@@ -97,6 +99,9 @@ class Task:
     plan_actions: ClassVar[tuple[str, ...]]
     apply_actions: ClassVar[tuple[str, ...]]
     regional: ClassVar[bool] = True
+    # "account": one target per selected account (x region). "organization": one target, the
+    # management account (global), for tasks that change the organization itself (org-accounts).
+    scope: ClassVar[Scope] = "account"
     version: ClassVar[str] = "1"
     config_file: ClassVar[str | None] = None
     Config: ClassVar[type[BaseModel] | None] = None
@@ -206,6 +211,12 @@ class ApplyContext(TaskContext):
         super().__init__(task, target, clients)
         self.armed = armed
         self.applied: Change | None = None
+        self.created: list[str] = []
+
+    def created_account(self, account_id: str) -> None:
+        """An organization-scope task created this member account (org-accounts' CreateAccount):
+        the run's summary prints the `orgrunner baseline` command for the new accounts."""
+        self.created.append(account_id)
 
     def narrow(self, change: Change) -> None:
         """Record what this apply really did when it is less than the planned change (say, some
@@ -355,6 +366,7 @@ class TaskSpec:
     module: str = ""
     undoable: bool = False
     defaults: str = ""  # the task's config with every default, as YAML, for when its file is absent
+    scope: Scope = "account"
 
     @classmethod
     def of(cls, task: type[Task]) -> TaskSpec:
@@ -365,7 +377,7 @@ class TaskSpec:
             apply_actions=tuple(task.apply_actions), undo_actions=tuple(task.undo_actions),
             config_file=task.config_file, doc=((module.__doc__ or "") if module else "").strip(),
             module=task.__module__, undoable=bool(task.undo_actions) and task.plan_undo is not Task.plan_undo,
-            defaults=_defaults(task),
+            defaults=_defaults(task), scope=task.scope,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -379,7 +391,7 @@ class TaskSpec:
 
         if not isinstance(data, dict) or set(data) != {f for f in cls.__dataclass_fields__}:
             raise ValueError("not a task declaration")
-        text = ("name", "description", "version", "doc", "module", "defaults")
+        text = ("name", "description", "version", "doc", "module", "defaults", "scope")
         flags = ("destructive", "regional", "undoable")
         lists = ("plan_actions", "apply_actions", "undo_actions")
         if not all(isinstance(data[k], str) for k in text) or not all(isinstance(data[k], bool) for k in flags) \

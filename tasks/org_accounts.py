@@ -63,7 +63,11 @@ class OrgAccounts(Task):
         assert isinstance(config, AccountsConfig)
         orgs = ctx.client("organizations")
         live = Live.read(orgs)
-        ous, creates, moves, tags, closes = [], [], [], [], []
+        ous: list[Change] = []
+        creates: list[Change] = []
+        moves: list[Change] = []
+        tags: list[Change] = []
+        closes: list[Change] = []
         for index, want in enumerate(config.accounts):
             where = f"accounts.yaml accounts[{index}] ({want.name})"
             if not want.closed:
@@ -123,7 +127,7 @@ class OrgAccounts(Task):
                 closes.append(self._closure(ctx, account, tags_of(orgs, account.id),
                                             "not in accounts.yaml, prune: close"))
             else:
-                ctx.note(f"unmanaged: {account.name} ({account.id}) in {account.ou} is not in accounts.yaml; left alone")
+                ctx.note(f"unmanaged: {account.name} ({account.id}) in {account.ou}: not in accounts.yaml; left alone")
         return [*ous, *creates, *moves, *tags, *closes]
 
     @staticmethod

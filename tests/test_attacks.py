@@ -27,7 +27,7 @@ import pexpect
 import pyte
 import pytest
 
-from orgrunner.sandbox.org import SandboxOrg, seed_organization
+from orgrunner.sandbox.org import SandboxOrg, created_account_id, seed_organization
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, aws_client, create_role, default_rule_ids, member_client
 
@@ -62,9 +62,7 @@ def hidden(text: str) -> list[str]:
 def add_account(emulator: EmulatorClient, name: str) -> str:
     """A member account whose name is `name` (botocore lets AccountName hold any character)."""
     orgs = aws_client(emulator.url, "organizations")
-    status = orgs.create_account(AccountName=name, Email="evil@sandbox.example")
-    account_id: str = status["CreateAccountStatus"]["AccountId"]
-    return account_id
+    return created_account_id(orgs, orgs.create_account(AccountName=name, Email="evil@sandbox.example"))
 
 
 def test_an_account_name_cannot_clear_the_screen_of_orgrunner_accounts(cli: Cli, emulator: EmulatorClient,

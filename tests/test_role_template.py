@@ -67,7 +67,14 @@ def builtin_tasks() -> list[type[Task]]:
     assert not broken, f"built-in tasks failed to load: {broken}"
     found = [cls for cls in loaded.tasks.values() if cls.__module__.startswith(f"{BUILTIN_TASKS}.")]
     assert "strip-default-sg" in {cls.name for cls in found}
-    return found
+    # the member role serves the account scope; organization-scope tasks (org-accounts) run under the
+    # management account's own role (docs/accounts.md), never with rights granted to every member
+    return [cls for cls in found if cls.scope == "account"]
+
+
+def test_the_member_role_grants_no_organizations_write(role: dict[str, Any]) -> None:
+    writes = sorted(a for a in _granted(role) if a.startswith("organizations:") and not iamdata.is_read(a))
+    assert not writes, f"a member role able to change the organization: {writes}"
 
 
 def _listify(value: Any) -> list[Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from orgrunner.sandbox.org import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg, created_account_id
 from tests.cli import Cli
 from tests.emulator.client import EmulatorClient, aws_client, default_rule_ids, member_client
 
@@ -238,8 +238,8 @@ def test_interactive_wrong_protected_names_refuse_the_run(
 def test_interactive_protected_name_with_a_space(
         cli: Cli, org: SandboxOrg, tmp_path: Path, emulator: EmulatorClient) -> None:
     orgs = aws_client(emulator.url, "organizations")
-    status = orgs.create_account(AccountName="prod payments", Email="prod-payments@sandbox.example")
-    account = status["CreateAccountStatus"]["AccountId"]
+    account = created_account_id(orgs, orgs.create_account(AccountName="prod payments",
+                                                            Email="prod-payments@sandbox.example"))
     ec2 = member_client(emulator.url, account, "ec2", REGION)
     group = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"][0]
     ec2.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[

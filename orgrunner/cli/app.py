@@ -58,7 +58,7 @@ from orgrunner.records.audit import read_events
 from orgrunner.records.report import Tally, summarize
 from orgrunner.records.statefiles import StateFolder, check_output_path, open_file
 from orgrunner.safety import fence
-from orgrunner.safety.confirm import parse_account_list
+from orgrunner.safety.confirm import parse_account_list, parse_names
 from orgrunner.safety.planfile import bound, parse_digest
 from orgrunner.safety.planfile import load as load_plan
 from orgrunner.safety.policy import session_policy
@@ -344,7 +344,7 @@ def list_tasks(tasks_dir: TasksDirOpt = None) -> None:
     specs, errors = task_workers.list_tasks(Launch(None, tasks_dir, config_dir(None)))
     for task in specs:
         kind = "destructive" if task.destructive else "by plan"
-        scope = "regional" if task.regional else "global"
+        scope = "org" if task.scope == "organization" else "regional" if task.regional else "global"
         print(f"{visible(task.name):<32} {kind:<12} {scope:<9} {visible(task.description)}")
     if any(not t.destructive for t in specs):
         print("(by plan: --arm alone applies changes that only tighten; any change that relaxes security is "
@@ -461,6 +461,9 @@ ConfirmOpt = Annotated[str | None, typer.Option(
 ConfirmProtOpt = Annotated[str | None, typer.Option(
     "--confirm-protected", metavar="IDS", help="With --include-protected, non-interactively: the ids of the protected "
     "accounts with planned changes.")]
+ConfirmCloseOpt = Annotated[str | None, typer.Option(
+    "--confirm-close", metavar="NAMES", help="Confirm closing accounts non-interactively: the NAMES (comma "
+    "separated, as the organization lists them) of exactly the accounts the plan closes (org-accounts).")]
 FollowOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Write --report, --audit-log and --plan-out "
                                          "through a symbolic link (refused otherwise).")]
 LongTermOpt = Annotated[bool, typer.Option("--allow-long-term-credentials",
@@ -491,8 +494,9 @@ class Common:
     allow_long_term: bool
     required: set[str] | None = None  # `apply`: every account of the saved plan must be a target
 
-    def prepare(self) -> tuple[aws.Session, Caller, Selection]:
-        """The caller (checked) and the accounts the selectors choose (those left out printed)."""
+    def prepare(self, scope: str = "account") -> tuple[aws.Session, Caller, Selection]:
+        """The caller (checked) and the accounts the selectors choose (those left out printed);
+        for the organization scope, the management account alone."""
         session, caller = caller_session(self.hop)
         if caller.long_term:
             if self.options.arm and not self.allow_long_term:
@@ -505,6 +509,13 @@ class Common:
             if unknown:
                 raise SafetyRefusal(f"the plan targets {len(unknown)} account(s) that are not in this organization: "
                                     f"{', '.join(unknown[:10])}; nothing applied")
+        if scope == "organization":
+            selection = organization.management_target(self.selectors, self.settings.protection())
+            others = sorted(set(self.selectors.accounts) - {selection.management_account_id})
+            if others:  # a saved plan or a journal naming member accounts as targets of this scope
+                raise SafetyRefusal(f"an organization-scope task runs in the management account only, not in "
+                                    f"{', '.join(others[:10])}; nothing applied")
+            return session, caller, selection
         selection = organization.select(self.selectors, self.settings.protection())
         print_selection(selection)
         if self.required is not None:
@@ -531,7 +542,14 @@ class Common:
                        self.settings.worker_timeout)
 
     def _execute(self, task: TaskSpec, workers: Workers) -> None:
-        session, caller, selection = self.prepare()
+        if task.scope == "organization":
+            chosen = self.selectors
+            given = chosen.ous or chosen.tags or chosen.exclude or (
+                chosen.accounts and self.options.command == "run" and self.options.only is None)
+            if given:
+                raise InputError(f"{task.name} runs on the organization (one target: the management account, "
+                                 "global); --account, --ou, --tag and --exclude do not apply")
+        session, caller, selection = self.prepare(task.scope)
         if not selection.targets:
             err("no accounts match the selectors; nothing to do")
             if self.options.output_format == "json":
@@ -546,6 +564,7 @@ class Common:
 
 
 def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | None, chosen: Selectors,
+           confirm_close: str | None = None,
            region: list[str] | None, config: Path | None, hop: Hop, output: str, details: str, report: Path | None,
            audit_log: Path | None, wait_for_lock: float, allow_long_term: bool, command: str,
            role_name: str | None = None, concurrency: int | None = None, processes: int | None = None,
@@ -553,8 +572,9 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
     """Check everything the user typed, before any AWS call."""
     confirmed = parse_account_list(confirm_accounts) if confirm_accounts is not None else None
     protected_ok = parse_account_list(confirm_protected, "--confirm-protected") if confirm_protected else None
-    if (confirmed is not None or protected_ok is not None) and not arm:
-        raise InputError("--confirm-accounts and --confirm-protected only make sense with --arm")
+    closing = parse_names(confirm_close) if confirm_close is not None else None
+    if (confirmed is not None or protected_ok is not None or closing is not None) and not arm:
+        raise InputError("--confirm-accounts, --confirm-protected and --confirm-close only make sense with --arm")
     settings = load_settings(config, role_name=role_name, concurrency=concurrency, processes=processes,
                              audit_log=audit_log)
     regions = validate_regions(region) if region else (
@@ -564,7 +584,7 @@ def common(*, arm: bool, confirm_accounts: str | None, confirm_protected: str | 
             writable_file(flag, path, follow_symlinks=follow_symlinks)
     StateFolder(state_dir())  # ours alone, or refused now, before any AWS call
     hop.duration = settings.session_duration
-    options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok), report=report,
+    options = RunOptions(arm=arm, stated=Confirmation(confirmed, protected_ok, close=closing), report=report,
                          output_format="json" if output == "json" else "markdown" if output == "markdown" else "text",
                          details="all" if details == "all" else "none" if details == "none" else "risky",
                          wait_for_lock=wait_for_lock, command=command, follow_symlinks=follow_symlinks)
@@ -635,6 +655,7 @@ def run(
     allow_long_term: LongTermOpt = False,
     follow_symlinks: FollowOpt = False,
     confirm_protected: ConfirmProtOpt = None,
+    confirm_close: ConfirmCloseOpt = None,
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
@@ -663,7 +684,8 @@ def run(
         chosen.accounts = sorted(only)
         # the target rules of `run` still hold: a report line naming the management account (or a
         # protected one) is left out, with the reason, unless the flag is given again
-    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected,
+                    confirm_close=confirm_close, chosen=chosen,
                     region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, details=details, report=report, audit_log=audit_log, wait_for_lock=wait_for_lock,
                     allow_long_term=allow_long_term,
@@ -686,6 +708,7 @@ def apply(
         "(SHA-256, as the saving dry run printed it); also the way to apply a plan saved on another machine.")] = None,
     confirm_accounts: ConfirmOpt = None,
     confirm_protected: ConfirmProtOpt = None,
+    confirm_close: ConfirmCloseOpt = None,
     include_management: MgmtOpt = False,
     include_protected: ProtOpt = False,
     concurrency: ConcurrencyOpt = None,
@@ -715,7 +738,8 @@ def apply(
         raise InputError(f"{plan_file}: the plan has no targets")
     chosen = selectors(targets, None, None, None, include_management=include_management,
                        include_protected=include_protected)
-    shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+    shared = common(arm=True, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected,
+                    confirm_close=confirm_close, chosen=chosen,
                     region=saved.regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, details=details, report=report, audit_log=audit_log,
                     wait_for_lock=wait_for_lock, allow_long_term=allow_long_term,
@@ -739,6 +763,7 @@ def undo(
     account: AccountOpt = None,
     confirm_accounts: ConfirmOpt = None,
     confirm_protected: ConfirmProtOpt = None,
+    confirm_close: ConfirmCloseOpt = None,
     include_management: MgmtOpt = False,
     include_protected: ProtOpt = False,
     output: FormatOpt = "text",
@@ -772,7 +797,8 @@ def undo(
         raise InputError(f"run {run_id}: applied nothing" + (" in the given accounts" if chosen.accounts else ""))
     chosen.accounts = sorted({c.account_id for c in applied})
     regions = sorted({c.region for c in applied if c.region != GLOBAL_REGION}) or None
-    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected, chosen=chosen,
+    shared = common(arm=arm, confirm_accounts=confirm_accounts, confirm_protected=confirm_protected,
+                    confirm_close=confirm_close, chosen=chosen,
                     region=regions, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token),
                     output=output, details=details, report=report, audit_log=audit_log,
                     wait_for_lock=wait_for_lock, allow_long_term=allow_long_term,

@@ -45,6 +45,12 @@ class Settings(BaseModel):
                                   description="seconds a task worker may hold targets without progress (no AWS "
                                               "answer, no result) before it is ended and its targets failed")
     session_duration: int = Field(3600, ge=900, le=43200, description="AssumeRole DurationSeconds")
+    organization_role_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$",
+        description="role assumed in the management account for organization-scope tasks (org-accounts); "
+                    "unset: role_name")
+    max_closures_per_run: int = Field(1, ge=0, le=1000,
+                                      description="account closures (CloseAccount) one run may apply at most")
     external_id: str | None = None
     audit_log: Path | None = None
     regions: list[str] | None = Field(None, description="default regions; all enabled ones if unset")

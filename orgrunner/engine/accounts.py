@@ -97,6 +97,9 @@ class Selection:
     # targets opened by --include-protected (id -> name): they need their own confirmation
     protected: dict[str, str] = field(default_factory=dict)
     organization_id: str = ""  # targets opened by --include-protected: id -> name
+    # organization scope: every account of the organization, as the parent read it (names, emails
+    # and states the closure rules and confirmation take from here, never from task code)
+    members: dict[str, Account] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,25 @@ class Organization:
                 skipped.append((account, reason))
         return Selection(targets=targets, skipped=skipped, management_account_id=management_id, protected=protected,
                          organization_id=str(org["Id"]))
+
+    def management_target(self, selectors: Selectors, protection: Protection = Protection()) -> Selection:
+        """The organization scope's one target: the management account, where organization-scope
+        tasks (org-accounts) run. Protected by id: refused; by a name pattern: --include-protected."""
+        org = self.describe()
+        management_id = str(org["MasterAccountId"])
+        members = {a.id: a for a in self.accounts()}
+        management = members.get(management_id)
+        if management is None:
+            raise SafetyRefusal(f"the management account {management_id} is not among the organization's accounts")
+        reason = self._exclusion(management, Selectors(include_management=True,
+                                                       include_protected=selectors.include_protected),
+                                 protection, management_id)
+        if reason is not None:
+            raise SafetyRefusal(f"the management account {management_id} ({management.name}), where organization-"
+                                f"scope tasks run, is left out: {reason}")
+        protected = {management.id: management.name} if protection.reason(management) else {}
+        return Selection(targets=[management], skipped=[], management_account_id=management_id, protected=protected,
+                         organization_id=str(org["Id"]), members=members)
 
     @staticmethod
     def _exclusion(account: Account, selectors: Selectors, protection: Protection, management_id: str) -> str | None:

@@ -24,7 +24,7 @@ from orgrunner.cli.present import Details, PlanView
 from orgrunner.config import environment
 from orgrunner.config.settings import Settings, state_dir
 from orgrunner.engine import interrupt
-from orgrunner.engine.accounts import Selection, Selectors
+from orgrunner.engine.accounts import Account, Organization, Selection, Selectors
 from orgrunner.engine.credentials import RoleAssumer, RoleRequest, session_name, source_identity
 from orgrunner.engine.identity import Caller
 from orgrunner.engine.runner import Outcome, TargetResult
@@ -47,6 +47,7 @@ from orgrunner.records.report import Reporter, merged
 from orgrunner.records.statefiles import StateFolder
 from orgrunner.safety.confirm import (
     Armed,
+    confirm_closures,
     confirm_interactive,
     confirm_listed,
     confirm_plan,
@@ -55,10 +56,11 @@ from orgrunner.safety.confirm import (
 )
 from orgrunner.safety.lock import RunLock
 from orgrunner.safety.planfile import SavedPlan, drift
-from orgrunner.safety.policy import render, session_policy
+from orgrunner.safety.policy import MAX_POLICY_CHARS, render, session_policy
 from orgrunner.task import Change, Target, TaskSpec
 
 Mode = Literal["dry-run", "armed"]
+CLOSE_ACCOUNT = "organizations:CloseAccount"
 
 
 def new_run_id() -> str:
@@ -77,6 +79,7 @@ class Confirmation:
     accounts: set[str] | None = None
     protected: set[str] | None = None
     plan: str | None = None  # `apply --confirm-plan`: the reviewed plan's digest, checked against the file
+    close: list[str] | None = None  # `--confirm-close`: the names of the accounts the plan closes
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Pipeline:
         self.stop = workers.stop
         self.mode: Mode = "armed" if options.arm else "dry-run"
         self.plan_digest: str | None = None  # of the plan this run saved (--plan-out)
+        self.closing: dict[str, Account] = {}  # accounts whose closure was confirmed, by name (organization scope)
+        self.created: list[str] = []  # accounts an organization-scope task created (apply)
 
     # --- the run as a whole ------------------------------------------------------------------
 
@@ -229,11 +234,20 @@ class Pipeline:
         return code
 
     def _assumer(self, phase: Literal["plan", "apply"]) -> RoleAssumer:
+        role = self.settings.role_name
+        if self.cls.scope == "organization":
+            role = self.settings.organization_role_name or role
+        policy = session_policy(self.cls, phase)
+        if CLOSE_ACCOUNT in policy["Statement"][0]["Action"]:
+            policy["Statement"].append(self._closure_statement())
+        if len(render(policy)) > MAX_POLICY_CHARS:
+            raise SafetyRefusal(f"the {phase} session policy naming the {len(self.closing)} accounts to close is "
+                                f"over AWS's {MAX_POLICY_CHARS} characters: close fewer per run; nothing applied")
         request = RoleRequest(
-            role_name=self.settings.role_name,
+            role_name=role,
             session_name=self.session_name,
             source_identity=self.source_identity,
-            policy=render(session_policy(self.cls, phase)),
+            policy=render(policy),
             duration=self.settings.session_duration,
             external_id=self.settings.external_id,
         )
@@ -285,7 +299,7 @@ class Pipeline:
             environment.injected_bug("after-confirm")
             with reporter.progress("apply", sum(1 for c in plan.values() if c)):
                 self._consume(self.workers.apply(self._assumer("apply"), plan, armed, self._intent, self._record),
-                              reporter.result)
+                              self._applied)
         reporter.echo(reporter.apply_summary())
 
     def _survey(self) -> int:
@@ -325,6 +339,9 @@ class Pipeline:
             lines = ["", f"{run}: {done} change(s) applied in {len(apply.accounts)} account(s)."]
             if apply.failed or plan.failed:
                 lines.append(f"Next: fix what failed above, then {retry}.")
+            if self.created:
+                lines.append(f"New account(s): {', '.join(self.created)}. Next: baseline them:")
+                lines.append("  orgrunner baseline " + " ".join(f"--account {i}" for i in sorted(self.created)))
             if done:
                 supports_undo = self.cls.undoable
                 lines.append(f"Review: orgrunner runs show {self.run_id}" + (
@@ -392,6 +409,14 @@ class Pipeline:
             if close is not None:
                 close()
 
+    def _applied(self, result: TargetResult) -> None:
+        """An apply result; the accounts an organization-scope task says it created are kept when a
+        create-account change of that target was applied (the summary names them)."""
+        self.reporter.result(result)
+        if self.cls.scope == "organization" and any(o.change.action == "create-account" and o.status == "applied"
+                                                    for o in result.outcomes):
+            self.created.extend(i for i in result.created if i not in self.created)
+
     def _intent(self, target: Target, change: Change) -> None:
         """Called (from the thread reading a worker) before the worker may apply `change`; it
         applies only once this returned: the intent is durable (written and fsynced)."""
@@ -437,6 +462,60 @@ class Pipeline:
                                 "change(s); nothing applied. Plan again and review.")
         err(f"the live plan equals the saved plan {saved.run_id}")
 
+    def _closure_statement(self) -> dict[str, object]:
+        """CloseAccount only on the accounts whose closure was confirmed by name: the session policy
+        denies it on every other account (on all, when none was), so a task cannot close an account
+        under another change's name, and AWS itself refuses what the confirmation did not cover."""
+        deny: dict[str, object] = {"Sid": "orgrunnerCloseOnlyConfirmed", "Effect": "Deny", "Action": CLOSE_ACCOUNT}
+        if not self.closing:
+            return {**deny, "Resource": "*"}
+        partition, management = self.session.partition, self.selection.management_account_id
+        arns = [f"arn:{partition}:organizations::{management}:account/{self.selection.organization_id}/{i}"
+                for i in sorted(self.closing)]
+        return {**deny, "NotResource": arns}
+
+    def _closures(self, plan: dict[Target, list[Change]]) -> dict[str, Account]:
+        """The accounts an organization-scope plan closes, checked here against the organization as
+        this process read it (never as the task describes it). The management account and protected
+        accounts are never closed; no more than `max_closures_per_run`. Raises SafetyRefusal."""
+        planned = [c for changes in plan.values() for c in changes if c.action == "close-account"]
+        if self.cls.scope != "organization" or not planned:
+            return {}
+        members, management = self.selection.members, self.selection.management_account_id
+        paths = {a: "/" + p.partition("/")[2] for a, p in Organization(self.session).ou_paths().items()}
+        closing: dict[str, Account] = {}
+        for change in planned:
+            account = members.get(change.resource)
+            if account is None:
+                raise SafetyRefusal(f"the plan closes {visible(change.resource)!r}, which is not an account of this "
+                                    "organization; nothing applied")
+            label = f"{account.id} ({visible(account.name)})"
+            if account.id == management:
+                raise SafetyRefusal(f"the plan closes {label}, the management account: it is never closed; "
+                                    "nothing applied")
+            reason = self.settings.protection().reason(account)
+            if reason is not None:
+                raise SafetyRefusal(f"the plan closes {label}, a protected account ({reason}): protected accounts "
+                                    "are never closed, --include-protected or not; nothing applied")
+            seen = change.before if isinstance(change.before, dict) else {}
+            record = {"account_id": account.id, "name": account.name, "email": account.email,
+                      "ou": paths.get(account.id)}
+            if {k: seen.get(k) for k in record} != record:
+                raise SafetyRefusal(f"the plan's record of the account it closes does not match the organization: "
+                                    f"{label}, {visible(account.email)}, {record['ou']}; nothing applied")
+            closing[account.id] = account
+        limit = self.settings.max_closures_per_run
+        if len(closing) > limit:
+            members_now = sum(1 for a in members.values() if a.id != management)
+            quota = min(1000, max(10, members_now // 10))
+            raise SafetyRefusal(
+                f"{len(closing)} account closures planned; the settings allow at most {limit} per run "
+                f"(max_closures_per_run). AWS's own quota: an organization closes at most 10% of its member "
+                f"accounts (at least 10, at most 1000) in a rolling 30 days, here {quota}; beyond it CloseAccount "
+                "fails with CLOSE_ACCOUNT_QUOTA_EXCEEDED. Close fewer per run or raise max_closures_per_run; "
+                "nothing applied")
+        return closing
+
     def _confirm(self, plan: dict[Target, list[Change]]) -> Armed:
         """The confirmation the plan calls for; raises SafetyRefusal, having applied nothing, otherwise.
 
@@ -450,6 +529,13 @@ class Pipeline:
         interactive = sys.stdin.isatty()
         protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
         confirm_protected(protected, ask if interactive else None, stated.protected)
+        closing = self._closures(plan)
+        confirm_closures({i: a.name for i, a in closing.items()}, ask if interactive else None, stated.close)
+        if closing:
+            self.reporter.audit.event("closures-confirmed", task=name,
+                                      accounts=[{"id": a.id, "name": a.name, "email": a.email} for a in
+                                                closing.values()])
+        self.closing = closing
         if stated.accounts is not None:
             return confirm_listed(name, accounts, {a.id for a in self.selection.targets}, stated.accounts)
         saved = self.options.expected

@@ -26,6 +26,7 @@ import socket
 import threading
 from typing import Any
 
+from orgrunner.engine.accounts import ACCOUNT_ID
 from orgrunner.engine.runner import OUTCOMES, STATUSES, Outcome, TargetResult
 from orgrunner.task import Change, Phase, Target
 
@@ -79,7 +80,7 @@ def result_message(result: TargetResult) -> dict[str, Any]:
     return {"op": "result", "account": result.target.account_id, "region": result.target.region,
             "phase": result.phase, "status": result.status, "changes": [c.to_dict() for c in result.changes],
             "outcomes": [outcome_data(o) for o in result.outcomes], "error": result.error,
-            "notes": list(result.notes)}
+            "notes": list(result.notes), "created": list(result.created)}
 
 
 def outcome_data(outcome: Outcome) -> dict[str, Any]:
@@ -117,14 +118,17 @@ def result_of(message: dict[str, Any], target: Target, phase: Phase) -> TargetRe
     if message.get("phase") != phase or message.get("status") not in STATUSES:
         raise ProtocolError(f"a result for {target} with a wrong phase or status")
     changes, outcomes = message.get("changes", []), message.get("outcomes", [])
-    notes = message.get("notes", [])
+    notes, created = message.get("notes", []), message.get("created", [])
     if not isinstance(changes, list) or not isinstance(outcomes, list) or not isinstance(notes, list) \
             or not all(isinstance(n, str) for n in notes):
         raise ProtocolError(f"a result for {target} of the wrong shape")
+    if not isinstance(created, list) or not all(isinstance(c, str) and ACCOUNT_ID.match(c) for c in created) \
+            or (created and phase != "apply"):
+        raise ProtocolError(f"a result for {target} naming created accounts that are not account ids")
     return TargetResult(
         target, phase, message["status"], changes=tuple(change_of(c, target) for c in changes),
         outcomes=tuple(outcome_of(o, target) for o in outcomes), error=_text(message.get("error"), "error", True),
-        notes=tuple(notes))
+        notes=tuple(notes), created=tuple(created))
 
 
 def outcome_of(data: Any, target: Target) -> Outcome:

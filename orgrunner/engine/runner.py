@@ -9,6 +9,7 @@ accumulated here. The engine knows nothing about any particular task.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ class TargetResult:
     outcomes: tuple[Outcome, ...] = ()
     error: str | None = None
     notes: tuple[str, ...] = ()
+    created: tuple[str, ...] = ()  # apply: member accounts an organization-scope task created
 
     def record(self, task: str, run_id: str) -> dict[str, Any]:
         """The JSON report line for this target."""
@@ -69,6 +71,7 @@ class TargetResult:
                           "error": o.error} for o in self.outcomes],
             "error": self.error,
             "notes": list(self.notes),
+            **({"created": list(self.created)} if self.created else {}),
         }
 
 
@@ -261,12 +264,17 @@ class Runner:
     def _apply_changes(self, target: Target, changes: list[Change], armed: Armed) -> TargetResult:
         if self.stop.is_set():  # queued before an interrupt: nothing of it was attempted
             return TargetResult(target, "apply", "skipped", changes=tuple(changes), error=NOT_STARTED)
-        outcomes: list[Outcome] = []
         clients, guard = self._clients(target, "apply")
         try:
             ctx = ApplyContext(self.task, target, clients, armed)
         except Exception as exc:
             return TargetResult(target, "apply", "failed", changes=tuple(changes), error=describe_error(exc))
+        result = self._apply_each(ctx, guard, target, changes)
+        # what the task noted while applying, and the accounts it created (organization scope)
+        return dataclasses.replace(result, notes=_notes(ctx), created=tuple(ctx.created))
+
+    def _apply_each(self, ctx: ApplyContext, guard: CallGuard, target: Target, changes: list[Change]) -> TargetResult:
+        outcomes: list[Outcome] = []
         for change in changes:
             if self.stop.is_set():
                 break

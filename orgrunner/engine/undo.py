@@ -26,6 +26,7 @@ def reversal(task: Task, applied: list[Change]) -> Task:
         description = f"Reverse what a run of {cls.name} applied."
         destructive = True
         regional = cls.regional
+        scope = cls.scope
         version = cls.version
         plan_actions = cls.plan_actions
         apply_actions = cls.undo_actions

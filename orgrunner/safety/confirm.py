@@ -174,3 +174,53 @@ def relayed(task: str, accounts: Iterable[str]) -> Armed:
     The worker holds no other way to write: the parent sends apply-phase credentials only for the
     accounts its own confirmation covers (orgrunner.engine.workers)."""
     return Armed(_KEY, task, accounts)
+
+
+# --- closing accounts -------------------------------------------------------------------------------
+
+NO_REOPEN = "AWS Support can reopen a closed account within 90 days of the closure, never after"
+
+
+def parse_names(text: str, flag: str = "--confirm-close") -> list[str]:
+    """`--confirm-close NAMES`: account names, comma separated (a name may hold spaces)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"{flag}: no account names given")
+    return names
+
+
+def _closure_mismatch(closing: dict[str, str], typed: list[str]) -> str | None:
+    """What is wrong with names typed to confirm closing `closing` (id -> name); None: exact."""
+    wanted = sorted(closing.values())
+    if sorted(typed) == wanted:
+        return None
+    ids = [t for t in typed if ACCOUNT_ID.match(t) and t not in wanted]
+    missing = [n for n in wanted if n not in typed]
+    extra = [t for t in typed if t not in wanted and t not in ids]
+    parts = ([f"{len(ids)} account id(s) typed: type the account names, not ids"] if ids else []) + (
+        [f"missing {', '.join(visible(n) for n in missing)}"] if missing else []) + (
+        [f"not closed by this plan: {', '.join(visible(n) for n in extra)}"] if extra else [])
+    return "; ".join(parts) or "a name typed more or fewer times than planned"
+
+
+def confirm_closures(closing: dict[str, str], ask: Callable[[str], str] | None, listed: list[str] | None) -> None:
+    """Closing accounts (id -> name, as the organization lists them) needs its own confirmation, on
+    top of the accounts': their names typed at the terminal, or in `--confirm-close NAMES`; exactly
+    those, not their ids (an id typed from a plan is easily the wrong one). Raises SafetyRefusal."""
+    if not closing:
+        if listed is not None:
+            raise SafetyRefusal("--confirm-close names accounts, but the plan closes none; nothing applied")
+        return
+    shown = ", ".join(f"{visible(name)} ({i})" for i, name in sorted(closing.items(), key=lambda x: (x[1], x[0])))
+    if listed is None and ask is None:
+        raise SafetyRefusal(f"the plan CLOSES {len(closing)} account(s): {shown}. Without a terminal, confirm "
+                            "with --confirm-close and their names; nothing applied")
+    if listed is None:
+        assert ask is not None
+        answer = ask(f"The plan CLOSES {len(closing)} account(s): {shown}. {NO_REOPEN}. "
+                     "Type their names, comma separated: ")
+        listed = [n.strip() for n in answer.split(",") if n.strip()]
+    problem = _closure_mismatch(closing, listed)
+    if problem is not None:
+        raise SafetyRefusal(f"--confirm-close must name exactly the accounts the plan closes, by name: {shown} "
+                            f"({problem}); nothing applied")

@@ -103,6 +103,11 @@ def check_declaration(task: type[Task] | TaskSpec) -> None:
     if writes:
         raise TaskLoadError(f"task {label}: plan_actions may only read, but declares {', '.join(writes)} "
                             "(access levels from AWS's Service Authorization Reference: only List and Read read)")
+    scope = getattr(task, "scope", "account")
+    if scope not in ("account", "organization"):
+        raise TaskLoadError(f"task {label}: scope must be 'account' or 'organization'")
+    if scope == "organization" and task.regional:
+        raise TaskLoadError(f"task {label}: an organization-scope task is global (regional = False)")
     if task.destructive and not task.apply_actions:
         raise TaskLoadError(f"task {label}: a destructive task must declare apply_actions")
     for phase in ("plan", "apply"):

@@ -20,6 +20,11 @@ lacks the Security Hub controls API; here:
 - GetEbsDefaultKmsKeyId / ModifyEbsDefaultKmsKeyId / ResetEbsDefaultKmsKeyId (moto answers 500)
   are kept per account and region: AWS's managed `alias/aws/ebs` until changed, and a new key
   must be an enabled symmetric key of moto's KMS in that account and region;
+- Organizations' account lifecycle as AWS runs it (`OrganizationsRules`): CreateAccount is
+  asynchronous and fails on an email in use (EMAIL_ALREADY_EXISTS), CloseAccount refuses the
+  management account and beyond AWS's quota, closed accounts pass through PENDING_CLOSURE;
+  MoveAccount and CreateOrganizationalUnit refuse what AWS refuses; a session policy's Resource
+  is matched for CloseAccount (the account's ARN);
 - the Security Hub hub, standards and standards-control calls are a small stateful emulation with
   AWS's documented shapes and errors, including a delegated administrator's central configuration
   (`SecurityHub.set_central`: ConfigurationType CENTRAL and one configuration policy association
@@ -239,9 +244,10 @@ def _action_matches(patterns: Any, action: str) -> bool:
     return False
 
 
-def session_policy_verdict(policy: str, action: str) -> str:
-    """'allow', 'explicit-deny' or 'implicit-deny' for `action` under session `policy` (Resource
-    and Condition are taken as "*")."""
+def session_policy_verdict(policy: str, action: str, resource: str | None = None) -> str:
+    """'allow', 'explicit-deny' or 'implicit-deny' for `action` under session `policy`. Resource and
+    NotResource are matched against `resource` when the request's ARN is known (Organizations'
+    CloseAccount), else taken as "*"; Condition is taken as "*"."""
     statements = json.loads(policy).get("Statement", [])
     allowed = False
     for st in [statements] if isinstance(statements, dict) else statements:
@@ -249,6 +255,10 @@ def session_policy_verdict(policy: str, action: str) -> str:
             matches = _action_matches(st["Action"], action)
         else:
             matches = not _action_matches(st.get("NotAction", []), action)
+        if resource is not None and "Resource" in st:
+            matches = matches and _action_matches(st["Resource"], resource)
+        elif resource is not None and "NotResource" in st:
+            matches = matches and not _action_matches(st["NotResource"], resource)
         if matches and st.get("Effect") == "Deny":
             return "explicit-deny"
         allowed = allowed or (matches and st.get("Effect") == "Allow")
@@ -332,9 +342,9 @@ def _standard_of(arn: str) -> str | None:
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, reason: str | None = None) -> None:
         super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        self.code, self.message, self.status, self.reason = code, message, status, reason
 
 
 @dataclass
@@ -571,6 +581,164 @@ def ebs_default_key_xml(keys: dict[tuple[str, str], str], operation: str, accoun
 
 # ---- the strict layer ---------------------------------------------------------------------------
 
+# ---- Organizations: accounts created, moved and closed as AWS does it --------------------------
+
+CLOSURE_WINDOW_SECONDS = 30 * 24 * 3600
+
+
+class OrganizationsRules:
+    """Where moto's Organizations is more lenient than AWS (moto 5.2 creates an account at once,
+    with any email, closes any account, the management account included, straight to SUSPENDED,
+    and moves an account from any parent):
+
+    - CreateAccount answers IN_PROGRESS; DescribeCreateAccountStatus answers IN_PROGRESS once, then
+      SUCCEEDED with the AccountId, or FAILED with FailureReason EMAIL_ALREADY_EXISTS when another
+      account (of any organization, or one that left its organization) already has the email;
+      the new account has OrganizationAccountAccessRole, trusting the management account;
+    - CloseAccount refuses the management account (ConstraintViolationException
+      CANNOT_CLOSE_MANAGEMENT_ACCOUNT), an account not ACTIVE (AccountAlreadyClosedException) and
+      more closures than AWS's quota (10% of the member accounts, at least 10 and at most 1000, per
+      rolling 30 days: CLOSE_ACCOUNT_QUOTA_EXCEEDED); a closed account reads PENDING_CLOSURE once,
+      then SUSPENDED (State and the retired Status alike);
+    - MoveAccount from a parent the account is not in: SourceParentNotFoundException; to the parent
+      it is in: DuplicateAccountException;
+    - CreateOrganizationalUnit with a name its parent already has: DuplicateOrganizationalUnitException.
+    """
+
+    OPERATIONS = frozenset({"CreateAccount", "DescribeCreateAccountStatus", "CloseAccount", "MoveAccount",
+                            "CreateOrganizationalUnit", "RemoveAccountFromOrganization", "DescribeAccount",
+                            "ListAccounts", "ListAccountsForParent"})
+
+    def __init__(self) -> None:
+        self.failed: dict[str, dict[str, Any]] = {}  # request id -> its FAILED status
+        self.pending: dict[str, int] = {}  # request id -> IN_PROGRESS answers still to give
+        self.closing: dict[str, int] = {}  # account id -> reads still PENDING_CLOSURE
+        self.closed_at: dict[str, list[float]] = {}  # organization id -> closure times
+        self.departed: set[str] = set()  # emails of accounts that left their organization (they live on)
+        self.created: str | None = None  # the account the last CreateAccount made
+
+    @staticmethod
+    def _backend(account: str, partition: str) -> Any:
+        from moto.organizations.models import organizations_backends
+
+        return organizations_backends[account][partition]
+
+    @staticmethod
+    def _emails() -> set[str]:
+        from moto.organizations.models import organizations_backends
+
+        return {a.email.lower() for by_partition in organizations_backends.values()
+                for backend in by_partition.values() for a in backend.accounts}
+
+    def handle(self, operation: str, account: str, partition: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """An answer made here, or None to let moto answer (after any state change made here)."""
+        backend = self._backend(account, partition)
+        if backend.org is None:
+            return None  # not a management account: moto's own refusal
+        if operation == "CreateAccount":
+            return self._create(backend, account, partition, body)
+        if operation == "DescribeCreateAccountStatus":
+            return self._status(backend, str(body.get("CreateAccountRequestId", "")))
+        if operation == "CloseAccount":
+            return self._close(backend, str(body.get("AccountId", "")))
+        if operation in ("DescribeAccount", "ListAccounts", "ListAccountsForParent"):
+            self._settle_closures(backend)
+            return None
+        if operation == "RemoveAccountFromOrganization":
+            member = next((a for a in backend.accounts if a.id == body.get("AccountId")), None)
+            if member is not None:
+                self.departed.add(member.email.lower())
+            return None
+        if operation == "MoveAccount":
+            member = next((a for a in backend.accounts if a.id == body.get("AccountId")), None)
+            if member is not None and member.parent_id != body.get("SourceParentId"):
+                raise ApiError("SourceParentNotFoundException",
+                               "We can't find a source root or OU with the ParentId that you specified.")
+            if member is not None and member.parent_id == body.get("DestinationParentId"):
+                raise ApiError("DuplicateAccountException", "That account is already present in the specified "
+                               "destination.")
+            return None
+        if operation == "CreateOrganizationalUnit":
+            if any(ou.parent_id == body.get("ParentId") and ou.name == body.get("Name") for ou in backend.ou
+                   if getattr(ou, "parent_id", None)):
+                raise ApiError("DuplicateOrganizationalUnitException", "An OU with the same name already exists.")
+            return None
+        return None
+
+    def _create(self, backend: Any, account: str, partition: str, body: dict[str, Any]) -> dict[str, Any]:
+        name, email = str(body.get("AccountName", "")), str(body.get("Email", ""))
+        now = datetime.now(UTC).timestamp()
+        if email.lower() in self._emails() | self.departed:
+            request_id = f"car-{uuid.uuid4().hex}"
+            self.failed[request_id] = {"Id": request_id, "AccountName": name, "State": "FAILED",
+                                       "FailureReason": "EMAIL_ALREADY_EXISTS", "RequestedTimestamp": now,
+                                       "CompletedTimestamp": now}
+        else:
+            status = backend.create_account(**body)["CreateAccountStatus"]
+            create_access_role(status["AccountId"], partition, account)
+            self.created = status["AccountId"]
+            request_id = status["Id"]
+            self.pending[request_id] = 1
+        return {"CreateAccountStatus": {"Id": request_id, "AccountName": name, "State": "IN_PROGRESS",
+                                        "RequestedTimestamp": now}}
+
+    def _status(self, backend: Any, request_id: str) -> dict[str, Any] | None:
+        if request_id in self.failed:
+            return {"CreateAccountStatus": self.failed[request_id]}
+        if self.pending.get(request_id, 0) > 0:
+            self.pending[request_id] -= 1
+            member = next((a for a in backend.accounts if a.create_account_status_id == request_id), None)
+            if member is not None:
+                status = dict(member.create_account_status["CreateAccountStatus"])
+                for key in ("AccountId", "CompletedTimestamp"):
+                    status.pop(key, None)
+                return {"CreateAccountStatus": {**status, "State": "IN_PROGRESS"}}
+        return None
+
+    def _close(self, backend: Any, account_id: str) -> dict[str, Any] | None:
+        org = backend.org
+        if account_id == org.master_account_id:
+            raise ApiError("ConstraintViolationException", "You can't close the management account.",
+                           reason="CANNOT_CLOSE_MANAGEMENT_ACCOUNT")
+        member = next((a for a in backend.accounts if a.id == account_id), None)
+        if member is None:
+            return None  # moto's AccountNotFoundException
+        if member.status != "ACTIVE":
+            raise ApiError("AccountAlreadyClosedException", "You attempted to close an account that is already "
+                           "closed.")
+        now = datetime.now(UTC).timestamp()
+        recent = [t for t in self.closed_at.get(org.id, []) if now - t < CLOSURE_WINDOW_SECONDS]
+        members = sum(1 for a in backend.accounts if a.id != org.master_account_id)
+        if len(recent) >= min(1000, max(10, members // 10)):
+            raise ApiError("ConstraintViolationException", "You have exceeded close account quota for the past "
+                           "30 days.", reason="CLOSE_ACCOUNT_QUOTA_EXCEEDED")
+        self.closed_at[org.id] = [*recent, now]
+        member.status = member.state = "PENDING_CLOSURE"
+        self.closing[account_id] = 1
+        return {}
+
+    def _settle_closures(self, backend: Any) -> None:
+        """A closure in progress is read once as PENDING_CLOSURE, then it is SUSPENDED."""
+        for member in backend.accounts:
+            left = self.closing.get(member.id)
+            if left is None:
+                continue
+            if left > 0:
+                self.closing[member.id] = left - 1
+            else:
+                member.status = member.state = "SUSPENDED"
+                del self.closing[member.id]
+
+    def resource_arn(self, operation: str, account: str, partition: str, body: dict[str, Any]) -> str | None:
+        """The ARN a session policy's Resource is matched against (CloseAccount: the account's)."""
+        if operation != "CloseAccount":
+            return None
+        org = self._backend(account, partition).org
+        if org is None:
+            return None
+        return f"arn:{partition}:organizations::{org.master_account_id}:account/{org.id}/{body.get('AccountId')}"
+
+
 MANAGEMENT_ROLE = "OrganizationAccountAccessRole"
 
 
@@ -645,6 +813,7 @@ class StrictState:
         now = time.monotonic()
         self.role_propagation_seconds = seconds
         self.role_ready_at = {a: min(t, now + seconds) for a, t in self.role_ready_at.items()}
+    organizations: OrganizationsRules = field(default_factory=OrganizationsRules)
 
 
 class StrictAws:
@@ -688,8 +857,9 @@ class StrictAws:
         with self.lock:
             session = self.state.sessions.get(request.access_key_id)
         error = self._before(request, session)
+        resource = self._resource(request, session, body)
         with self.lock:
-            error = (error or self._partition_refusal(request, session) or self._denial(request, session)
+            error = (error or self._partition_refusal(request, session) or self._denial(request, session, resource)
                      or self._assume_role_refusal(request, session))
         if error:
             return self._answer_error(request, session, error, start_response)
@@ -725,7 +895,21 @@ class StrictAws:
                 "rest-json": "UnrecognizedClientException"}.get(request.protocol, "InvalidClientTokenId")
         return code, "The security token included in the request is invalid.", 403
 
-    def _denial(self, request: AwsRequest, session: Session | None) -> tuple[str, str, int] | None:
+    def _resource(self, request: AwsRequest, session: Session | None, body: bytes) -> str | None:
+        """The ARN of the resource the request acts on, where the session policy check needs it."""
+        if request.signing_name != "organizations" or request.operation != "CloseAccount":
+            return None
+        _, account = self.caller(session, request.region)
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            return None
+        with self.lock:
+            return self.state.organizations.resource_arn(request.operation, account,
+                                                         partition_of_region(request.region), data)
+
+    def _denial(self, request: AwsRequest, session: Session | None,
+                resource: str | None = None) -> tuple[str, str, int] | None:
         """AWS's refusal when the session policy does not allow every action the request needs,
         with the dependent actions AWS requires of each."""
         if not (self.state.enforce_session_policies and session and session.policy):
@@ -734,7 +918,7 @@ class StrictAws:
             if required.lower() == "sts:getcalleridentity":  # AWS never denies it
                 continue
             for action in sorted(iamdata.with_dependents({required})):
-                verdict = session_policy_verdict(session.policy, action)
+                verdict = session_policy_verdict(session.policy, action, resource)
                 if verdict == "allow":
                     continue
                 why = "with an explicit deny in" if verdict == "explicit-deny" else "because no"
@@ -785,6 +969,24 @@ class StrictAws:
                 headers, payload = error_response("ec2", exc.code, exc.message, exc.status)
                 return exc.status, list(headers.items()), payload
             return 200, [("Content-Type", "text/xml")], payload
+        if request.signing_name == "organizations" and request.operation in OrganizationsRules.OPERATIONS:
+            try:
+                data = json.loads(body) if body else {}
+                with self.lock:
+                    rules = self.state.organizations
+                    answer = rules.handle(request.operation, account, partition_of_region(request.region), data)
+                    if rules.created is not None:  # its role propagates from now (set_role_propagation)
+                        self.state.role_ready_at[rules.created] = time.monotonic() + self.state.role_propagation_seconds
+                        rules.created = None
+            except ApiError as exc:
+                payload = json.dumps({"__type": exc.code, "Message": exc.message,
+                                      **({"Reason": exc.reason} if exc.reason else {})}).encode()
+                return exc.status, [("Content-Type", "application/x-amz-json-1.1"),
+                                    ("x-amzn-ErrorType", exc.code)], payload
+            except ValueError:
+                return None
+            if answer is not None:
+                return 200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(answer).encode()
         if request.signing_name == "securityhub" and request.operation in SecurityHub.OPERATIONS:
             try:
                 data = json.loads(body) if body else {}
@@ -808,7 +1010,7 @@ class StrictAws:
             return start_response(status_line, headers, *exc_info)
 
         result = self.app(environ, capture)
-        if request.operation in ("AssumeRole", "CreateAccount", "CreateOrganization"):
+        if request.operation in ("AssumeRole", "CreateOrganization"):
             payload = b"".join(result)
             getattr(result, "close", lambda: None)()
             if status[0] == 200 and request.operation == "AssumeRole":
@@ -816,13 +1018,6 @@ class StrictAws:
             if status[0] == 200 and request.operation == "CreateOrganization" and session is None:
                 with self.lock:
                     self.state.default_partition = partition_of_region(request.region)
-            if status[0] == 200 and request.operation == "CreateAccount" and request.signing_name == "organizations":
-                account_id = json.loads(payload).get("CreateAccountStatus", {}).get("AccountId")
-                _, management = self.caller(session, request.region)
-                if account_id:
-                    create_access_role(account_id, partition_of_region(request.region), management)
-                    with self.lock:
-                        self.state.role_ready_at[account_id] = time.monotonic() + self.state.role_propagation_seconds
             result = [payload]
         self._after(request, session, status[0])
         return result

@@ -240,14 +240,38 @@ def _botocore_session() -> botocore.session.Session:
     return botocore.session.get_session()
 
 
+def created_account_id(orgs: Any, started: dict[str, Any]) -> str:
+    """The id of the account a CreateAccount call started, once DescribeCreateAccountStatus says it
+    SUCCEEDED (the emulator answers IN_PROGRESS first, as AWS does); RuntimeError if it FAILED."""
+    status = started["CreateAccountStatus"]
+    while status["State"] == "IN_PROGRESS":
+        status = orgs.describe_create_account_status(CreateAccountRequestId=status["Id"])["CreateAccountStatus"]
+    if status["State"] != "SUCCEEDED":
+        raise RuntimeError(f"CreateAccount {status.get('AccountName')}: {status['State']}: "
+                           f"{status.get('FailureReason')}")
+    return str(status["AccountId"])
+
+
+def _management_role(iam: Any, management_id: str, partition: str) -> None:
+    """The role organization-scope tasks (org-accounts) assume in the management account: AWS makes
+    none there, the operator does (docs/accounts.md); the sandbox's operator has made it, with the
+    default role name (settings role_name), trusting the management account itself."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:{partition}:iam::{management_id}:root"},
+        "Action": "sts:AssumeRole"}]})
+    iam.create_role(RoleName="OrganizationAccountAccessRole", AssumeRolePolicyDocument=trust,
+                    Description="sandbox: the role orgrunner assumes in the management account")
+
+
 def seed_organization(
     endpoint_url: str, *, member_count: int = 8, regions: tuple[str, ...] = ("us-east-1", "eu-west-1"),
-    home_region: str = "us-east-1",
+    home_region: str = "us-east-1", management_role: bool = False,
 ) -> SandboxOrg:
     """Create an organization with nested OUs, tagged members and one SUSPENDED account (the
     emulator gives each member OrganizationAccountAccessRole, as Organizations does), open the
     default security group of every member's default VPC in `regions`, and enable Security Hub
-    (default standards, EC2.7 off) in every other member in the first region."""
+    (default standards, EC2.7 off) in every other member in the first region. `management_role`:
+    also the role organization-scope tasks assume in the management account (the sandbox has it)."""
     session = boto3.session.Session(
         botocore_session=_botocore_session(),
         aws_access_key_id=SANDBOX_ENV_CREDENTIALS["AWS_ACCESS_KEY_ID"],
@@ -271,7 +295,7 @@ def seed_organization(
             Email=f"{name}@sandbox.example",
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         )
-        account_id: str = status["CreateAccountStatus"]["AccountId"]
+        account_id = created_account_id(orgs, status)
         orgs.move_account(AccountId=account_id, SourceParentId=root_id, DestinationParentId=ous[ou])
         return account_id
 
@@ -279,6 +303,8 @@ def seed_organization(
     suspended_account_id = create("retired-1", "Prod", {"env": "prod", "team": "payments"})
     orgs.close_account(AccountId=suspended_account_id)
 
+    if management_role:
+        _management_role(session.client("iam", endpoint_url=endpoint_url), org["MasterAccountId"], partition)
     sts = session.client("sts", endpoint_url=endpoint_url)
     ec2_clients = []
     for account_id in accounts.values():
@@ -368,7 +394,7 @@ def activate() -> None:
           "(`orgrunner sandbox serve` keeps one between commands)", file=sys.stderr)
     emulator = start_emulator()
     atexit.register(emulator.stop)
-    seed_organization(emulator.url)
+    seed_organization(emulator.url, management_role=True)
     _point_environment_at(emulator.url)
 
 
@@ -376,7 +402,7 @@ def serve(port: int = 0) -> None:
     """Start and seed the emulated organization, print the environment to use it, and wait."""
     _require_moto()
     with start_emulator(port) as emulator:
-        org = seed_organization(emulator.url)
+        org = seed_organization(emulator.url, management_role=True)
         path = state_file()
         with StateFolder(path.parent).open(path, "w") as handle:  # 0600: the token is for this user
             handle.write(json.dumps({"url": emulator.url, "pid": os.getpid(), "token": emulator.token}))

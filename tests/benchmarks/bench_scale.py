@@ -51,7 +51,13 @@ import psutil
 from botocore.config import Config
 
 from orgrunner.engine.workers import MAX_AUTO_PROCESSES
-from orgrunner.sandbox.org import SANDBOX_ENV_CREDENTIALS, Emulator, sandbox_environment, start_emulator
+from orgrunner.sandbox.org import (
+    SANDBOX_ENV_CREDENTIALS,
+    Emulator,
+    created_account_id,
+    sandbox_environment,
+    start_emulator,
+)
 from tests.benchmarks import whatif
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +164,7 @@ class Org:
 
         def one(i: int) -> str:
             status = self.orgs.create_account(AccountName=f"bench-{i:05d}", Email=f"bench-{i:05d}@bench.example")
-            return str(status["CreateAccountStatus"]["AccountId"])
+            return created_account_id(self.orgs, status)
 
         with ThreadPoolExecutor(8) as pool:
             self.accounts += pool.map(one, range(len(self.accounts), members))
