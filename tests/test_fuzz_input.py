@@ -323,6 +323,8 @@ def task_config_poisons(cls: type[Any]) -> tuple[set[str], dict[str, st.SearchSt
     for name, info in fields.items():
         if typing.get_origin(info.annotation) is dict:
             bad[name] = st.one_of(st.lists(ANY_VALUE, max_size=3), TEXT, st.integers())
+        elif typing.get_origin(info.annotation) is list:  # an empty list is a list: a mapping or text is not
+            bad[name] = st.one_of(st.dictionaries(TEXT, ANY_VALUE, min_size=1, max_size=3), TEXT, st.integers())
         else:
             bad[name] = CONTAINER
     return set(fields), bad

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 from botocore.exceptions import ClientError
 
@@ -221,6 +222,22 @@ def test_move_and_retag_then_undo_restores_both(cli: Cli, emulator: EmulatorClie
     assert tags(emulator, account) == {"env": "dev", "team": "payments"}
 
 
+def test_undo_of_a_created_account_is_a_closure_with_its_own_confirmation(cli: Cli, emulator: EmulatorClient,
+                                                                         org: SandboxOrg, mgmt: str) -> None:
+    settings = conf(cli, with_entries(entry("scratch-1", "/Workloads/NonProd/Sandbox", {"env": "dev"})))
+    check(run(cli, settings, "--arm", "--confirm-accounts", mgmt), 0)
+    run_id = last_run_id(cli)
+    created = accounts_by_name(emulator)["scratch-1"]["Id"]
+    dry = check(cli.run("undo", run_id, "--config", str(settings), "--details", "all"), 0)
+    assert f"scratch-1 ({created}): CLOSE the account" in dry.stdout, dry.stdout
+    before = mark(emulator)
+    check(cli.run("undo", run_id, "--config", str(settings), "--arm", "--confirm-accounts", mgmt), 3)
+    assert not writes_since(emulator, before)
+    check(cli.run("undo", run_id, "--config", str(settings), "--arm", "--confirm-accounts", mgmt,
+                  "--confirm-close", "scratch-1"), 0)
+    assert state(accounts_by_name(emulator)["scratch-1"]) != "ACTIVE"
+
+
 def test_undo_leaves_what_changed_since_and_says_so(cli: Cli, emulator: EmulatorClient, org: SandboxOrg,
                                                     mgmt: str) -> None:
     account = org.accounts["dev-app-1"]
@@ -320,6 +337,26 @@ def test_closing_with_the_names_closes_and_the_journal_keeps_the_account(cli: Cl
     undo = check(cli.run("undo", run_id, "--config", str(settings), "--details", "all"), 0)
     assert "cannot reopen" in undo.stdout + undo.stderr and "90 days" in undo.stdout + undo.stderr
     assert "nothing to do" in undo.stdout
+
+
+def test_at_a_terminal_the_names_are_typed_and_a_wrong_name_closes_nothing(cli: Cli, emulator: EmulatorClient,
+                                                                          org: SandboxOrg, mgmt: str) -> None:
+    settings = closing(cli, "sandbox-2")
+    before = mark(emulator)
+    for typed, code in (("sandbox-1", 3), (org.accounts["sandbox-2"], 3), ("sandbox-2", 0)):
+        child = cli.spawn("run", "org-accounts", "--config", str(settings), "--arm", timeout=120)
+        child.expect("Type their names, comma separated: ")
+        assert "90 days" in child.before
+        child.sendline(typed)
+        if code == 0:
+            child.expect("type the ids of the accounts with planned changes")
+            child.sendline(mgmt)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == code, (typed, child.before)
+        if code:
+            assert not writes_since(emulator, before), typed
+    assert state(accounts_by_name(emulator)["sandbox-2"]) != "ACTIVE"
 
 
 def test_more_closures_than_the_settings_allow_are_refused_with_aws_quota(cli: Cli, emulator: EmulatorClient,
@@ -451,6 +488,21 @@ def test_a_task_cannot_close_an_account_under_another_change_s_name(cli: Cli, em
     assert state(accounts_by_name(emulator)["sandbox-2"]) == "ACTIVE"
 
 
+def test_an_account_scope_task_cannot_close_an_account_from_the_management_account(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, mgmt: str) -> None:
+    """The closing rules are the organization scope's; a task of the account scope run in the
+    management account (--include-management) gets no CloseAccount from its apply policy either."""
+    emulator.enforce_session_policies(True)
+    victim = org.accounts["sandbox-2"]
+    settings, folder = hostile(cli, f"tag_then_close: '{victim}'\n")
+    source = folder / "close_anyway.py"
+    source.write_text(source.read_text().replace('scope = "organization"', 'scope = "account"'))
+    result = check(cli.run("run", "close-anyway", "--config", str(settings), "--tasks-dir", str(folder), "--arm",
+                           "--account", mgmt, "--include-management", "--confirm-accounts", mgmt), 1)
+    assert "AccessDenied" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert state(accounts_by_name(emulator)["sandbox-2"]) == "ACTIVE"
+
+
 def test_a_task_cannot_close_another_account_than_the_one_confirmed(cli: Cli, emulator: EmulatorClient,
                                                                     org: SandboxOrg, mgmt: str) -> None:
     """One closure confirmed (sandbox-1); the task's other change closes sandbox-2: the apply session
@@ -477,6 +529,11 @@ def test_account_selectors_do_not_apply_to_the_organization_scope(cli: Cli, emul
     result = check(run(cli, conf(cli, EXAMPLE), "--dry-run", *selector), 2)
     assert "runs on the organization" in result.stderr.strip().splitlines()[-1], result.stderr
     assert len(emulator.requests()) == before, "refused before any AWS call"
+
+
+def test_report_refuses_the_organization_scope(cli: Cli, emulator: EmulatorClient) -> None:
+    result = check(cli.run("report", "org-accounts"), 2)
+    assert "runs on the organization" in result.stderr and emulator.requests() == []
 
 
 # --- accounts.yaml validation: one line, file:line, exit 2 ---------------------------------------------

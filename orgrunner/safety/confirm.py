@@ -215,6 +215,7 @@ def confirm_closures(closing: dict[str, str], ask: Callable[[str], str] | None, 
     if listed is None and ask is None:
         raise SafetyRefusal(f"the plan CLOSES {len(closing)} account(s): {shown}. Without a terminal, confirm "
                             "with --confirm-close and their names; nothing applied")
+    how = "--confirm-close" if listed is not None else "the names typed"
     if listed is None:
         assert ask is not None
         answer = ask(f"The plan CLOSES {len(closing)} account(s): {shown}. {NO_REOPEN}. "
@@ -222,5 +223,5 @@ def confirm_closures(closing: dict[str, str], ask: Callable[[str], str] | None, 
         listed = [n.strip() for n in answer.split(",") if n.strip()]
     problem = _closure_mismatch(closing, listed)
     if problem is not None:
-        raise SafetyRefusal(f"--confirm-close must name exactly the accounts the plan closes, by name: {shown} "
+        raise SafetyRefusal(f"{how} must name exactly the accounts the plan closes, by name: {shown} "
                             f"({problem}); nothing applied")

@@ -302,6 +302,8 @@ def seed_organization(
     accounts = {name: create(name, ou, tags) for name, ou, tags in _account_plan(member_count)}
     suspended_account_id = create("retired-1", "Prod", {"env": "prod", "team": "payments"})
     orgs.close_account(AccountId=suspended_account_id)
+    while orgs.describe_account(AccountId=suspended_account_id)["Account"].get("State") != "SUSPENDED":
+        pass  # PENDING_CLOSURE first, as on AWS: the sandbox starts with the closure complete
 
     if management_role:
         _management_role(session.client("iam", endpoint_url=endpoint_url), org["MasterAccountId"], partition)
