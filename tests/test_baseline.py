@@ -15,7 +15,7 @@ import pexpect
 import pytest
 from botocore.exceptions import ClientError
 
-from orgrunner.sandbox.org import SandboxOrg
+from orgrunner.sandbox.org import SandboxOrg, created_account_id
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, assume_role, aws_client, member_client
 from tests.test_run_dry import new_requests, ok, snapshot, writes
@@ -255,8 +255,7 @@ def test_a_target_that_cannot_be_planned_applies_nothing(based: Cli, pair: list[
 
 def create_accounts(url: str, names: list[str]) -> list[str]:
     orgs = aws_client(url, "organizations")
-    return [orgs.create_account(AccountName=n, Email=f"{n}@example.com")["CreateAccountStatus"]["AccountId"]
-            for n in names]
+    return [created_account_id(orgs, orgs.create_account(AccountName=n, Email=f"{n}@example.com")) for n in names]
 
 
 def test_the_emulator_refuses_a_new_accounts_role_while_it_propagates(org: SandboxOrg,

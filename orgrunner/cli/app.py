@@ -921,10 +921,10 @@ def report(
     else:
         names = list(baseline.load(baseline_file or baseline.path_in(config_dir(config)),
                                    {s.name for s in specs}).tasks)
-    organization = sorted(s.name for s in specs if s.name in names and s.scope == "organization")
-    if organization:
-        raise InputError(f"report covers the accounts' tasks; {', '.join(organization)} runs on the organization: "
-                         f"orgrunner run {organization[0]} --dry-run")
+    org_scope = sorted(s.name for s in specs if s.name in names and s.scope == "organization")
+    if org_scope:
+        raise InputError(f"report covers the accounts' tasks; {', '.join(org_scope)} runs on the organization: "
+                         f"orgrunner run {org_scope[0]} --dry-run")
     chosen = selectors(account, ou, exclude, tag, include_management, include_protected)
     shared = common(arm=False, confirm_accounts=None, confirm_protected=None, chosen=chosen, region=region,
                     config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token), output="text",
