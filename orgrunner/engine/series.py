@@ -42,6 +42,7 @@ from orgrunner.engine.identity import Caller
 from orgrunner.engine.pipeline import Pipeline, RunOptions, ask, audit_log, ending, err, new_run_id
 from orgrunner.engine.workers import Workers
 from orgrunner.errors import EXIT_OK, EXIT_TARGETS_FAILED, SafetyRefusal
+from orgrunner.records.audit import scrub
 from orgrunner.records.report import Tally, merged
 from orgrunner.safety.confirm import (
     Armed,
@@ -94,7 +95,8 @@ class Baseline:
         self.out = sys.stdout
 
     def echo(self, line: str = "") -> None:
-        print(visible(line), file=self.out, flush=True)
+        """One line of the baseline's own on stdout: secrets scrubbed, control characters made visible."""
+        print(visible(scrub(line)), file=self.out, flush=True)
 
     # --- the baseline as a whole --------------------------------------------------------------------
 
