@@ -18,7 +18,10 @@ from botocore.exceptions import ClientError
 from orgrunner.sandbox.org import SandboxOrg, created_account_id
 from tests.cli import Cli, orgrunner_command
 from tests.emulator.client import EmulatorClient, assume_role, aws_client, member_client
+from tests.test_org_accounts import conf, entry, mgmt, with_entries
 from tests.test_run_dry import new_requests, ok, snapshot, writes
+
+__all__ = ["mgmt"]  # the management account's role fixture, shared with tests/test_org_accounts.py
 
 TASKS = ("strip-default-sg", "iam-password-policy")
 PROMPT = re.compile(r"To apply, type [^\n]*: ")
@@ -350,3 +353,59 @@ def test_a_fault_in_the_middle_ends_every_run_and_the_baseline_and_applies_nothi
     ends = {e["run_id"]: e["status"] for e in events(based, "run-end")}
     assert [ends[r["run_id"]][:len("error: RuntimeError")] for r in runs] == ["error: RuntimeError"] * 2
     assert events(based, "baseline-end")[-1]["status"].startswith("error: RuntimeError")
+
+
+# --- run org-accounts --arm --then-baseline --------------------------------------------------------------
+
+def test_then_baseline_baselines_exactly_the_accounts_the_run_created_once_their_role_propagates(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient, mgmt: str) -> None:
+    settings = conf(cli, with_entries(entry("fresh-1", "/Workloads/Prod", {"env": "prod", "team": "data"})))
+    (settings.parent / "baseline.yaml").write_text("tasks:\n" + "".join(f"  - {t}\n" for t in TASKS))
+    emulator.role_propagation(3600)
+    process = start(cli, "run", "org-accounts", "--config", str(settings), "--arm", "--confirm-accounts", mgmt,
+                    "--then-baseline", "--confirm-new-accounts", "fresh-1", "--region", "us-east-1")
+
+    def refused_once() -> bool:
+        return any(r["status"] == 403 and r["target_account"] not in (mgmt, *org.accounts.values())
+                   for r in emulator.requests(operation="AssumeRole"))
+
+    try:
+        wait_for(refused_once, "AssumeRole refused in the new account")
+        emulator.role_propagation(0)  # AWS has propagated the role now
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    new = next(a["Id"] for a in aws_client(emulator.url, "organizations").list_accounts()["Accounts"]
+               if a["Name"] == "fresh-1")
+    assert "waiting for OrganizationAccountAccessRole in 1 account(s)" in stderr
+    assert password_policy(emulator.url, new) is not None
+    assert snapshot(emulator.url, [new], ["us-east-1"]) == {(new, "us-east-1"): {}}
+    start_event = events(cli, "baseline-start")[-1]
+    assert start_event["targets"] == [new]  # exactly the new account, no other
+    assert all(password_policy(emulator.url, a) is None for a in org.accounts.values())
+
+
+def test_then_baseline_without_the_new_names_creates_and_says_how_to_baseline_later(
+        cli: Cli, org: SandboxOrg, emulator: EmulatorClient, mgmt: str) -> None:
+    settings = conf(cli, with_entries(entry("fresh-2", "/Workloads/Prod", {"env": "prod", "team": "data"})))
+    (settings.parent / "baseline.yaml").write_text("tasks:\n" + "".join(f"  - {t}\n" for t in TASKS))
+    mark = len(emulator.requests())
+    result = ok(cli.run("run", "org-accounts", "--config", str(settings), "--arm", "--confirm-accounts", mgmt,
+                        "--then-baseline", "--region", "us-east-1"), 3)
+    new = next(a["Id"] for a in aws_client(emulator.url, "organizations").list_accounts()["Accounts"]
+               if a["Name"] == "fresh-2")
+    assert f"orgrunner baseline --account {new} --arm" in result.stderr
+    assert "needs --confirm-new-accounts" in result.stderr and "nothing applied" in result.stderr
+    assert [r for r in writes(new_requests(emulator, mark)) if r["account"] == new] == []
+    assert password_policy(emulator.url, new) is None
+
+
+def test_then_baseline_is_checked_before_any_aws_call(based: Cli, emulator: EmulatorClient) -> None:
+    mark = len(emulator.requests())
+    for args, expected in ((["--then-baseline"], "add --arm"), (["--wait-for-role", "5"], "go with --then-baseline"),
+                           (["--confirm-new-accounts", "a"], "go with --then-baseline")):
+        result = ok(based.run("run", "org-accounts", *args), 2)
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert emulator.requests()[mark:] == []

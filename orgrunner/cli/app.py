@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -493,6 +494,8 @@ class Common:
     options: RunOptions
     allow_long_term: bool
     required: set[str] | None = None  # `apply`: every account of the saved plan must be a target
+    # `run --then-baseline`: called with the run and its exit code once it ended; its exit code
+    then: Callable[[Pipeline, int], int] | None = None
 
     def prepare(self, scope: str = "account") -> tuple[aws.Session, Caller, Selection]:
         """The caller (checked) and the accounts the selectors choose (those left out printed);
@@ -557,8 +560,11 @@ class Common:
                                   "plan": summarize(Tally()), "apply": summarize(Tally()), "failed_targets": []},
                                  indent=2))
             return
-        code = Pipeline(task, workers, self.settings, session, caller, selection, self.selectors, self.regions,
-                        self.options).execute()
+        pipeline = Pipeline(task, workers, self.settings, session, caller, selection, self.selectors, self.regions,
+                            self.options)
+        code = pipeline.execute()
+        if self.then is not None:
+            code = self.then(pipeline, code)
         if code:
             raise typer.Exit(code)
 
@@ -656,6 +662,16 @@ def run(
     follow_symlinks: FollowOpt = False,
     confirm_protected: ConfirmProtOpt = None,
     confirm_close: ConfirmCloseOpt = None,
+    then_baseline: Annotated[bool, typer.Option(
+        "--then-baseline", help="org-accounts, armed: then run the baseline (config/baseline.yaml) for exactly the "
+        "accounts the run created, in the same invocation, once their role can be assumed (see --wait-for-role); "
+        "its own plan and confirmation.")] = False,
+    wait_for_role: Annotated[float | None, typer.Option(
+        "--wait-for-role", metavar="SECONDS", min=0, help="With --then-baseline: how long to retry AssumeRole while "
+        "AWS propagates the new accounts' role (900 unless given).")] = None,
+    confirm_new_accounts: Annotated[str | None, typer.Option(
+        "--confirm-new-accounts", metavar="NAMES", help="With --then-baseline, without a terminal: the names (comma "
+        "separated) of exactly the accounts the run creates, confirming their baseline.")] = None,
     profile: Profile = None,
     operator_role_arn: OperatorRoleOpt = None, mfa_serial: MfaSerialOpt = None, mfa_token: MfaTokenOpt = None,
     config: ConfigOpt = None,
@@ -664,6 +680,10 @@ def run(
 ) -> None:
     """Plan a task across the organization (dry run, the default), or with --arm apply it after
     the typed confirmation."""
+    if (confirm_new_accounts is not None or wait_for_role is not None) and not then_baseline:
+        raise InputError("--wait-for-role and --confirm-new-accounts go with --then-baseline")
+    if then_baseline and not arm:
+        raise InputError("--then-baseline baselines the accounts an armed run creates: add --arm")
     if dry_run and arm:
         raise InputError("--dry-run and --arm exclude each other")
     if plan_out is not None and arm:
@@ -694,6 +714,16 @@ def run(
     shared.options.plan_out = plan_out
     shared.options.fail_on_changes = fail_on_changes
     shared.options.only = only
+    if then_baseline:
+        from orgrunner.cli.baseline import then_baseline as after
+
+        shared.then = after(task, common(
+            arm=True, confirm_accounts=None, confirm_protected=None, chosen=selectors([], None, None, None, False),
+            region=region, config=config, hop=Hop(profile, operator_role_arn, mfa_serial, mfa_token), output="text",
+            details=details, report=None, audit_log=audit_log, wait_for_lock=wait_for_lock,
+            allow_long_term=allow_long_term, follow_symlinks=follow_symlinks, command="baseline",
+            role_name=role_name, concurrency=concurrency, processes=processes),
+            tasks_dir, config, 900 if wait_for_role is None else wait_for_role, confirm_new_accounts)
     shared.execute(Launch(task, tasks_dir, config_dir(config)))
 
 

@@ -1,10 +1,12 @@
 """`orgrunner baseline`: every task of the baseline (config/baseline.yaml) as one guarded change
-(orgrunner.engine.series); `baseline_accounts` is the same for an explicit list of accounts (the
-ones `run org-accounts --then-baseline` just created), waiting for their role."""
+(orgrunner.engine.series); `then_baseline` is the same for exactly the accounts a run just
+created (`run org-accounts --arm --then-baseline`), waiting for their role."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -48,10 +50,10 @@ from orgrunner.cli.app import (
 from orgrunner.config import baseline as baseline_file
 from orgrunner.config.settings import config_dir
 from orgrunner.engine import workers as task_workers
-from orgrunner.engine.pipeline import err
+from orgrunner.engine.pipeline import Confirmation, Pipeline, err
 from orgrunner.engine.series import Baseline
 from orgrunner.engine.workers import Launch
-from orgrunner.errors import InputError
+from orgrunner.errors import EXIT_OK, InputError, OrgrunnerError, SafetyRefusal
 
 BaselineFileOpt = Annotated[Path | None, typer.Option(
     "--baseline", metavar="FILE", help="The baseline file [default: baseline.yaml beside the settings].",
@@ -68,13 +70,20 @@ def task_names(config: Path | None, tasks_dir: Path | None, path: Path | None) -
     source = path or baseline_file.path_in(config_dir(config))
     if not source.is_file():
         raise InputError(f"{source}: no baseline file (it lists the tasks to run, in order: see docs/operations.md)")
-    return list(baseline_file.load(source, {s.name for s in specs}).tasks)
+    names = list(baseline_file.load(source, {s.name for s in specs}).tasks)
+    org_tasks = [s.name for s in specs if s.name in names and s.scope == "organization"]
+    if org_tasks:
+        raise InputError(f"{source}: {org_tasks[0]} runs on the organization, not in each account: it cannot be a "
+                         f"task of the baseline (orgrunner run {org_tasks[0]})")
+    return names
 
 
 def run_baseline(shared: Common, names: list[str], tasks_dir: Path | None, config: Path | None,
-                 wait_for_role: float = 0) -> int:
+                 wait_for_role: float = 0, confirm_names: set[str] | None = None, new: bool = False) -> int:
     """Load every task in its own workers (a broken task or config file stops here, before any AWS
-    call), select the accounts, and run the baseline; its exit code."""
+    call), select the accounts, and run the baseline; its exit code. `confirm_names`: the accounts'
+    names, which must be exactly those selected, confirming the baseline as --confirm-accounts would;
+    `new`: the accounts a run just created (--then-baseline)."""
     with contextlib.ExitStack() as stack:
         tasks = []
         for name in names:
@@ -88,8 +97,15 @@ def run_baseline(shared: Common, names: list[str], tasks_dir: Path | None, confi
         if not selection.targets:
             err("no accounts match the selectors; nothing to do")
             return 0
+        if confirm_names is not None:
+            named = {a.name for a in selection.targets}
+            if named != confirm_names:
+                raise SafetyRefusal(f"--confirm-new-accounts must name exactly the new accounts: "
+                                    f"{', '.join(sorted(named))}; nothing applied")
+            shared.options.stated = Confirmation(accounts={a.id for a in selection.targets})
         return Baseline(tasks, shared.settings, session, caller, selection, shared.selectors, shared.regions,
-                        shared.options, wait_for_role).execute()
+                        shared.options, wait_for_role,
+                        "--confirm-new-accounts" if new else "--confirm-accounts").execute()
 
 
 @app.command(epilog=epilog(RUN_EXITS, "orgrunner baseline --ou ou-ab12-cd34ef56            # the plan of every task",
@@ -140,3 +156,43 @@ def baseline(
     code = run_baseline(shared, names, tasks_dir, config, wait_for_role)
     if code:
         raise typer.Exit(code)
+
+
+def then_baseline(task: str, shared: Common, tasks_dir: Path | None, config: Path | None, wait_for_role: float,
+                  confirm_new_accounts: str | None) -> Callable[[Pipeline, int], int]:
+    """`run TASK --arm --then-baseline`: the baseline's tasks checked now (before any AWS call);
+    once the run has ended, the baseline for exactly the accounts it created, waiting for their
+    role. Nothing is baselined after a run that did not end cleanly; the command to do it later
+    is said whenever the baseline is not run or does not end cleanly."""
+    names = task_names(config, tasks_dir, None)
+    confirm_names = {n for n in re.split(r"\s*,\s*", confirm_new_accounts.strip()) if n} \
+        if confirm_new_accounts is not None else None
+    if confirm_names is not None and not confirm_names:
+        raise InputError("--confirm-new-accounts: no account names given")
+
+    def after(run: Pipeline, code: int) -> int:
+        if run.cls.scope != "organization":
+            raise InputError(f"--then-baseline goes with a task that creates accounts (org-accounts), not {task}")
+        created = sorted(run.created)
+        later = ("orgrunner baseline " + " ".join(f"--account {i}" for i in created)
+                 + f" --arm --wait-for-role {wait_for_role:g}")
+        if not created:
+            err("--then-baseline: the run created no account: no baseline to run")
+            return code
+        if code != EXIT_OK:
+            err(f"--then-baseline: the run did not end cleanly (exit {code}), so the {len(created)} new account(s) "
+                f"were not baselined; when ready: {later}")
+            return code
+        err(f"--then-baseline: the baseline ({', '.join(names)}) for the {len(created)} new account(s): "
+            f"{', '.join(created)}")
+        shared.selectors.accounts = created  # exactly these (never empty here: no selector would mean every account)
+        try:
+            baselined = run_baseline(shared, names, tasks_dir, config, wait_for_role, confirm_names, new=True)
+        except (OrgrunnerError, KeyboardInterrupt):
+            err(f"the new account(s) were created and not baselined; when ready: {later}")
+            raise
+        if baselined:
+            err(f"the new account(s) were created; the baseline did not complete: {later}")
+        return baselined
+
+    return after

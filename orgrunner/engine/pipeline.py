@@ -341,7 +341,8 @@ class Pipeline:
                 lines.append(f"Next: fix what failed above, then {retry}.")
             if self.created:
                 lines.append(f"New account(s): {', '.join(self.created)}. Next: baseline them:")
-                lines.append("  orgrunner baseline " + " ".join(f"--account {i}" for i in sorted(self.created)))
+                lines.append("  orgrunner baseline " + " ".join(f"--account {i}" for i in sorted(self.created))
+                             + " --wait-for-role 900")  # AWS propagates a new account's role for a while
             if done:
                 supports_undo = self.cls.undoable
                 lines.append(f"Review: orgrunner runs show {self.run_id}" + (

@@ -79,7 +79,8 @@ class Step:
 class Baseline:
     def __init__(self, tasks: list[tuple[TaskSpec, Workers]], settings: Settings, session: aws.Session,
                  caller: Caller, selection: Selection, selectors: Selectors, regions: list[str] | None,
-                 options: RunOptions, wait_for_role: float = 0) -> None:
+                 options: RunOptions, wait_for_role: float = 0, confirm_flag: str = "--confirm-accounts") -> None:
+        """`confirm_flag`: what confirms it without a terminal (named when it is missing)."""
         self.steps = [Step(spec, workers) for spec, workers in tasks]
         self.settings = settings
         self.session = session
@@ -89,6 +90,7 @@ class Baseline:
         self.regions = regions
         self.options = options
         self.wait_for_role = wait_for_role
+        self.confirm_flag = confirm_flag
         self.baseline_id = new_run_id()
         self.mode = "armed" if options.arm else "dry-run"
         self.view = PlanView(task_destructive=True, details=options.details)
@@ -248,7 +250,7 @@ class Baseline:
             err("baseline: every planned change of every task only tightens a setting; --arm is confirmation enough")
             return confirm_unguarded(NAME, accounts)
         if not interactive:
-            raise SafetyRefusal(f"an armed baseline without a terminal needs --confirm-accounts naming the accounts "
+            raise SafetyRefusal(f"an armed baseline without a terminal needs {self.confirm_flag} naming the accounts "
                                 f"with planned changes ({len(accounts)}); nothing applied")
         err(f"baseline ({len(self.steps)} task(s)) will change {len(accounts)} account(s):")
         for account_id in sorted(accounts):
