@@ -387,6 +387,19 @@ def test_a_protected_account_is_never_closed(cli: Cli, emulator: EmulatorClient,
     assert state(accounts_by_name(emulator)["sandbox-2"]) == "ACTIVE"
 
 
+def test_moving_a_protected_account_needs_its_own_confirmation(cli: Cli, emulator: EmulatorClient, org: SandboxOrg,
+                                                               mgmt: str) -> None:
+    account = org.accounts["prod-app-1"]
+    settings = conf(cli, edit(EXAMPLE, "prod-app-1", ou="/Workloads/NonProd"),
+                    "protected_accounts: {name_patterns: ['prod-*']}\n")
+    before = mark(emulator)
+    refused = check(run(cli, settings, "--arm", "--confirm-accounts", mgmt), 3)
+    assert "protected" in refused.stderr and account in refused.stderr, refused.stderr
+    assert not writes_since(emulator, before)
+    check(run(cli, settings, "--arm", "--confirm-accounts", mgmt, "--confirm-protected", account), 0)
+    assert ou_of(emulator, account) == "/Workloads/NonProd"
+
+
 HOSTILE = '''
 from pydantic import BaseModel, ConfigDict
 from orgrunner.aws import call

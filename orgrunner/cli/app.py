@@ -396,7 +396,9 @@ def describe(
     cls = declaration(task, tasks_dir)
     print(visible(f"{cls.name}: {cls.description}"))
     kind = "destructive" if cls.destructive else "by plan (relaxing changes are destructive)"
-    print(f"kind: {kind}, {'regional' if cls.regional else 'global'}")
+    where = "organization (the management account)" if cls.scope == "organization" else \
+        "regional" if cls.regional else "global"
+    print(f"kind: {kind}, {where}")
     for line in config_note(cls, config_dir(config)):
         print(visible(line))
     doc = cls.doc

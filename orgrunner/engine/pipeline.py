@@ -529,8 +529,14 @@ class Pipeline:
         accounts = {t.account_id for t, changes in plan.items() if changes}
         interactive = sys.stdin.isatty()
         protected = {i: n for i, n in self.selection.protected.items() if i in accounts}
+        closing = self._closures(plan)  # refusals first: a protected account is never closed
+        if self.cls.scope == "organization":  # a change to a protected member account: its own confirmation
+            guard = self.settings.protection()
+            for change in (c for changes in plan.values() for c in changes):
+                member = self.selection.members.get(change.resource)
+                if member is not None and guard.reason(member):
+                    protected[member.id] = member.name
         confirm_protected(protected, ask if interactive else None, stated.protected)
-        closing = self._closures(plan)
         confirm_closures({i: a.name for i, a in closing.items()}, ask if interactive else None, stated.close)
         if closing:
             self.reporter.audit.event("closures-confirmed", task=name,
