@@ -64,6 +64,14 @@ class TargetError(OrgrunnerError):
     """One target (account or account x region) failed; the run goes on."""
 
 
+class ConfigMismatch(TargetError):
+    """A task's config file names what the live organization does not have (an OU path that does
+    not exist): found while planning, it is bad input like any other, so the run applies nothing
+    and exits 2 with the entry named. Raise it from `plan`."""
+
+    exit_code = EXIT_INPUT
+
+
 class RecordError(OrgrunnerError):
     """The journal or the audit log could not be written (disk full, folder gone...)."""
 

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from orgrunner.aws import call, error_code, poll
-from orgrunner.errors import TargetError
+from orgrunner.errors import ConfigMismatch, TargetError
 from orgrunner.task import ApplyContext, Change, Drift, Task, TaskContext, register
 
 from ._org import CLOSED_STATES, AccountsConfig, Live, LiveAccount, ou_parts, ou_path, tag_lines, tags_of
@@ -76,7 +76,7 @@ class OrgAccounts(Task):
                     if path in live.ous or any(c.resource == path for c in ous):
                         continue
                     if not config.create_ous:
-                        raise TargetError(f"{where}: OU {path} does not exist in the organization; create it, fix "
+                        raise ConfigMismatch(f"{where}: OU {path} does not exist in the organization; create it, fix "
                                           "the path, or set create_ous: true")
                     ous.append(ctx.change(path, "create-ou", f"create OU {path}", before=None,
                                           after={"ou": path}, destructive=False))

@@ -177,14 +177,22 @@ def test_create_two_accounts_in_a_nested_ou_then_nothing_to_do(cli: Cli, emulato
     assert "nothing to do" in again.stdout, again.stdout
 
 
-def test_an_unknown_ou_without_create_ous_fails_naming_the_path(cli: Cli, emulator: EmulatorClient,
-                                                               org: SandboxOrg, mgmt: str) -> None:
+@pytest.mark.parametrize("mode", ["--dry-run", "--arm"])
+def test_an_unknown_ou_without_create_ous_is_bad_input_exit_2_naming_the_entry(
+        cli: Cli, emulator: EmulatorClient, org: SandboxOrg, mgmt: str, mode: str) -> None:
+    """An OU path the organization lacks is found only against the live organization, while
+    planning; it is still bad input: one `orgrunner:` line naming the entry and the path, exit 2,
+    nothing applied (armed too), and the run recorded as an error."""
     settings = conf(cli, with_entries(entry("data-lake-1", "/Workloads/Data")))
     before = mark(emulator)
-    result = check(run(cli, settings, "--dry-run"), 1)
-    assert "OU /Workloads/Data does not exist" in result.stdout + result.stderr
-    assert "create_ous: true" in result.stdout + result.stderr
+    armed = ("--confirm-accounts", mgmt) if mode == "--arm" else ()
+    result = check(run(cli, settings, mode, *armed), 2)
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("orgrunner: ")]
+    assert "accounts.yaml accounts[" in line and "(data-lake-1)" in line, line
+    assert "OU /Workloads/Data does not exist" in line and "create_ous: true" in line, line
     assert not writes_since(emulator, before)
+    end = [e for e in cli.audit() if e["event"] == "run-end"][-1]
+    assert end["status"].startswith("error: org-accounts: accounts.yaml"), end
 
 
 def test_an_email_already_used_in_aws_fails_with_aws_failure_reason(cli: Cli, emulator: EmulatorClient,

@@ -36,6 +36,7 @@ from orgrunner.errors import (
     EXIT_OK,
     EXIT_TARGETS_FAILED,
     EXIT_TERMINATED,
+    ConfigMismatch,
     OrgrunnerError,
     RecordError,
     SafetyRefusal,
@@ -154,6 +155,7 @@ class Pipeline:
         self.plan_digest: str | None = None  # of the plan this run saved (--plan-out)
         self.closing: dict[str, Account] = {}  # accounts whose closure was confirmed, by name (organization scope)
         self.created: list[str] = []  # accounts an organization-scope task created (apply)
+        self.input_errors: list[str] = []  # plan: where the task's config file does not match the organization
 
     # --- the run as a whole ------------------------------------------------------------------
 
@@ -256,6 +258,9 @@ class Pipeline:
     def _plan_confirm_apply(self) -> int:
         keep = self.options.arm or self.options.plan_out is not None or self.options.expected is not None
         plan, planned_ok = self._plan(keep)
+        if self.input_errors:  # the config file is wrong: nothing is shown as a plan, saved or applied
+            more = f" (and {len(self.input_errors) - 1} more)" if len(self.input_errors) > 1 else ""
+            raise ConfigMismatch(f"{self.cls.name}: {self.input_errors[0]}{more}")
         environment.injected_bug("after-plan")
         interrupt.check()  # from here to the start of apply an interrupt is never lost (orgrunner.engine.interrupt)
         reporter = self.reporter
@@ -384,6 +389,8 @@ class Pipeline:
         estimate = len(accounts) * (len(self.regions) if self.regions else 1)
         def take(result: TargetResult) -> None:
             self.reporter.result(result)
+            if result.input_error and result.error is not None:
+                self.input_errors.append(result.error)
             if observe is not None:
                 observe(self.cls, result)
             if keep and result.status == "ok":

@@ -80,7 +80,7 @@ def result_message(result: TargetResult) -> dict[str, Any]:
     return {"op": "result", "account": result.target.account_id, "region": result.target.region,
             "phase": result.phase, "status": result.status, "changes": [c.to_dict() for c in result.changes],
             "outcomes": [outcome_data(o) for o in result.outcomes], "error": result.error,
-            "notes": list(result.notes), "created": list(result.created)}
+            "notes": list(result.notes), "created": list(result.created), "input_error": result.input_error}
 
 
 def outcome_data(outcome: Outcome) -> dict[str, Any]:
@@ -125,10 +125,13 @@ def result_of(message: dict[str, Any], target: Target, phase: Phase) -> TargetRe
     if not isinstance(created, list) or not all(isinstance(c, str) and ACCOUNT_ID.match(c) for c in created) \
             or (created and phase != "apply"):
         raise ProtocolError(f"a result for {target} naming created accounts that are not account ids")
+    input_error = message.get("input_error", False)
+    if not isinstance(input_error, bool) or (input_error and (phase, message["status"]) != ("plan", "failed")):
+        raise ProtocolError(f"a result for {target} with a wrong input_error")
     return TargetResult(
         target, phase, message["status"], changes=tuple(change_of(c, target) for c in changes),
         outcomes=tuple(outcome_of(o, target) for o in outcomes), error=_text(message.get("error"), "error", True),
-        notes=tuple(notes), created=tuple(created))
+        notes=tuple(notes), created=tuple(created), input_error=input_error)
 
 
 def outcome_of(data: Any, target: Target) -> Outcome:

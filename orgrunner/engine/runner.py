@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from orgrunner import aws
-from orgrunner.errors import OrgrunnerError
+from orgrunner.errors import ConfigMismatch, OrgrunnerError
 from orgrunner.records.audit import scrub
 from orgrunner.safety.confirm import Armed
 from orgrunner.safety.guard import CallGuard, install_shared
@@ -55,6 +55,7 @@ class TargetResult:
     error: str | None = None
     notes: tuple[str, ...] = ()
     created: tuple[str, ...] = ()  # apply: member accounts an organization-scope task created
+    input_error: bool = False  # plan: the task's config file does not match the live organization
 
     def record(self, task: str, run_id: str) -> dict[str, Any]:
         """The JSON report line for this target."""
@@ -72,6 +73,7 @@ class TargetResult:
             "error": self.error,
             "notes": list(self.notes),
             **({"created": list(self.created)} if self.created else {}),
+            **({"input_error": True} if self.input_error else {}),
         }
 
 
@@ -238,6 +240,9 @@ class Runner:
             result = TargetResult(target, "plan", "ok", changes=changes, notes=_notes(ctx))
         except Skip as exc:
             result = TargetResult(target, "plan", "skipped", error=str(exc), notes=_notes(ctx))
+        except ConfigMismatch as exc:
+            result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=_notes(ctx),
+                                  input_error=True)
         except Exception as exc:
             result = TargetResult(target, "plan", "failed", error=describe_error(exc), notes=_notes(ctx))
         pool.results.put(result)
